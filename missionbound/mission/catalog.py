@@ -12,7 +12,11 @@ import enum
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from missionbound.mission.constraints import ConstraintRegistry
 
 ACTION_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 
@@ -103,6 +107,13 @@ class Catalog:
 
     def resource(self, uri: str) -> Resource | None:
         return self.resources.get(uri)
+
+    @cached_property
+    def constraints(self) -> ConstraintRegistry:
+        """The constraint keys this deployment understands (built once per catalog)."""
+        from missionbound.mission.constraints import ConstraintRegistry
+
+        return ConstraintRegistry.for_catalog(self)
 
     def action_class(self, resource: str, action: str, purpose: str | None = None) -> ActionClass:
         """The class of ``action`` at ``resource``, raised (never lowered) by ``purpose``."""
@@ -227,11 +238,9 @@ def load_catalog(raw: Mapping[str, Any]) -> Catalog:
 
 
 def _check_constraint_keys(catalog: Catalog) -> None:
-    # Imported here: constraints depends on the catalog's allow-list keys.
-    from missionbound.mission.constraints import ConstraintRegistry
     from missionbound.mission.errors import MissionError
 
-    registry = ConstraintRegistry.for_catalog(catalog)
+    registry = catalog.constraints
     for res in catalog.resources.values():
         for action in res.actions.values():
             for key in action.constraint_bindings:

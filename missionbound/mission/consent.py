@@ -131,7 +131,7 @@ def build_consent_disclosure(
 ) -> dict[str, Any]:
     """The disclosure object for one rendering of the consent page. Any change in what it is
     built from gives a different object, hence a different ``consent_rendering_hash``."""
-    registry = ConstraintRegistry.for_catalog(catalog)
+    registry = catalog.constraints
     value = intent.value
     bounds: list[dict[str, Any]] = []
     if intent.max_derivations is not None:

@@ -155,7 +155,7 @@ class _Deriver:
         self.client = client
         self.scope_actions = scope_actions
         self.recorder = recorder
-        self.registry = ConstraintRegistry.for_catalog(catalog)
+        self.registry = catalog.constraints
         purpose = catalog.purposes.get(intent.purpose) if intent.purpose else None
         self.purpose = purpose
 
@@ -272,7 +272,7 @@ def derive_authority(
     names what the catalog does not have, :class:`InvalidTarget` for a ``resource`` parameter
     outside the intent.
     """
-    registry = ConstraintRegistry.for_catalog(catalog)
+    registry = catalog.constraints
     recorder = _Recorder()
 
     for uri in intent.resources:

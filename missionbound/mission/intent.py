@@ -186,7 +186,7 @@ def validate_intent(
     if expiry <= now:
         raise InvalidRequest("mission_intent.mission_expiry must be in the future")
 
-    context = _context(value.get("context", {}), ConstraintRegistry.for_catalog(catalog))
+    context = _context(value.get("context", {}), catalog.constraints)
 
     return MissionIntent(
         value=value,
