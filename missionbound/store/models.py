@@ -1,0 +1,263 @@
+"""Every table of the project, as SQLAlchemy 2 typed declarative models.
+
+One metadata so that the Alembic migrations (``missionbound/store/migrations``) can be
+checked against it. Times are :class:`~missionbound.store.column_types.UTCDateTime`; JSON
+members are plain JSON. Constraint names follow one naming convention so that migrations
+produce the same names on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from missionbound.store.column_types import BigId, JSONColumn, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ID = String(255)  # client ids, kids, jtis, approval event ids
+MISSION_ID = String(128)  # "msn_" + up to 124 base64url characters (record.MISSION_ID)
+DIGEST = String(128)  # "sha-256:" + 43 characters, or a token hash
+STATE = String(32)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSONColumn,
+        list[Any]: JSONColumn,
+    }
+
+
+def _mission_fk() -> ForeignKey:
+    return ForeignKey("missions.mission_id")
+
+
+class Client(Base):
+    """A registered OAuth client (RFC 7591 metadata as JSON)."""
+
+    __tablename__ = "clients"
+
+    client_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    # "metadata" is reserved on declarative classes; the column keeps the RFC 7591 name.
+    client_metadata: Mapped[dict[str, Any]] = mapped_column("metadata")
+    secret_hash: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+
+
+class SigningKey(Base):
+    """A JOSE signing key. Retired keys stay published until ``not_after`` so tokens they
+    signed still verify."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(ID, primary_key=True)
+    alg: Mapped[str] = mapped_column(String(16))
+    private_jwk: Mapped[dict[str, Any]]
+    public_jwk: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    retired_at: Mapped[datetime | None]
+    not_after: Mapped[datetime | None]
+
+
+class Mission(Base):
+    """PROFILE.md section 7. ``record`` holds the immutable members (the JSON form without
+    ``state``, ``version`` and ``lifecycle_history``); the other columns are the mutable
+    state and copies of members used for filtering."""
+
+    __tablename__ = "missions"
+    __table_args__ = (Index(None, "state", "mission_expiry"),)
+
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, primary_key=True)
+    state: Mapped[str] = mapped_column(STATE)
+    version: Mapped[int] = mapped_column(Integer)
+    record: Mapped[dict[str, Any]]
+    subject_sub: Mapped[str] = mapped_column(ID, index=True)
+    client_id: Mapped[str] = mapped_column(ID, index=True)
+    created_at: Mapped[datetime]
+    mission_expiry: Mapped[datetime]
+    activated_at: Mapped[datetime | None]
+    # The approval idempotency key (issuance digest 4.8): one approval event, one Mission.
+    approval_event_id: Mapped[str | None] = mapped_column(ID, unique=True)
+
+
+class MissionHistory(Base):
+    """One row per committed lifecycle event; ``version`` is the version it produced."""
+
+    __tablename__ = "mission_history"
+    __table_args__ = (UniqueConstraint("mission_id", "version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, _mission_fk())
+    version: Mapped[int] = mapped_column(Integer)
+    from_state: Mapped[str | None] = mapped_column(STATE)
+    to_state: Mapped[str] = mapped_column(STATE)
+    event: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[dict[str, Any] | None]
+    reason: Mapped[str | None] = mapped_column(String(1024))
+    committed_at: Mapped[datetime]
+
+
+class DerivationCounter(Base):
+    """PROFILE.md section 8: operational state beside the record, checked and incremented
+    atomically with issuance."""
+
+    __tablename__ = "derivation_counters"
+
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, _mission_fk(), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class PushedAuthorizationRequest(Base):
+    """RFC 9126: a pushed request, single use, bound to the client that pushed it."""
+
+    __tablename__ = "pushed_authorization_requests"
+
+    request_uri: Mapped[str] = mapped_column(String(512), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ID, index=True)
+    params: Mapped[dict[str, Any]]
+    mission_id: Mapped[str | None] = mapped_column(MISSION_ID, _mission_fk(), index=True)
+    expires_at: Mapped[datetime]
+    consumed_at: Mapped[datetime | None]
+
+
+class AuthorizationCode(Base):
+    """RFC 6749 section 4.1 code (stored as a hash), PKCE S256 challenge, DPoP ``dpop_jkt``."""
+
+    __tablename__ = "authorization_codes"
+
+    code_hash: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, _mission_fk(), index=True)
+    client_id: Mapped[str] = mapped_column(ID)
+    redirect_uri: Mapped[str] = mapped_column(String(2048))
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    dpop_jkt: Mapped[str | None] = mapped_column(String(128))
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class RefreshTokenFamily(Base):
+    """All refresh tokens descended from one grant; reuse of a rotated member revokes it."""
+
+    __tablename__ = "refresh_token_families"
+
+    family_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, _mission_fk(), index=True)
+    client_id: Mapped[str] = mapped_column(ID)
+    dpop_jkt: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class RefreshToken(Base):
+    """An opaque refresh token (stored as a hash), rotated on every use."""
+
+    __tablename__ = "refresh_tokens"
+
+    token_hash: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    family_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("refresh_token_families.family_id"), index=True
+    )
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, _mission_fk(), index=True)
+    client_id: Mapped[str] = mapped_column(ID)
+    dpop_jkt: Mapped[str | None] = mapped_column(String(128))
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    rotated_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class IssuedToken(Base):
+    """Every token the AS minted, by ``jti`` (joins RS logs to issuance: issuance digest 12)."""
+
+    __tablename__ = "issued_tokens"
+
+    jti: Mapped[str] = mapped_column(ID, primary_key=True)
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, _mission_fk(), index=True)
+    client_id: Mapped[str] = mapped_column(ID)
+    kind: Mapped[str] = mapped_column(String(32))
+    # A string or an array, exactly as the token's "aud" claim.
+    aud: Mapped[Any] = mapped_column(JSONColumn, nullable=True)
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+class SingleUseId(Base):
+    """Exactly-once values (DPoP ``jti``, ID-JAG ``jti``, nonces): the primary key does it."""
+
+    __tablename__ = "single_use_ids"
+
+    namespace: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AuditRecord(Base):
+    """PROFILE.md section 15: one link of the hash-chained audit log (see missionbound.audit).
+
+    ``seq`` is assigned by the appender (never by the database) so that a deleted record
+    shows as a gap; ``mission_seq`` numbers the records of one Mission."""
+
+    __tablename__ = "audit_records"
+    __table_args__ = (UniqueConstraint("mission_id", "mission_seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    mission_id: Mapped[str | None] = mapped_column(MISSION_ID)
+    mission_seq: Mapped[int | None] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[dict[str, Any] | None]
+    proposal_hash: Mapped[str | None] = mapped_column(DIGEST)
+    consent_rendering_hash: Mapped[str | None] = mapped_column(DIGEST)
+    authority_hash: Mapped[str | None] = mapped_column(DIGEST)
+    policy_version: Mapped[str | None] = mapped_column(String(255))
+    data: Mapped[dict[str, Any]]
+    at: Mapped[datetime]
+    prev_hash: Mapped[str | None] = mapped_column(DIGEST)
+    mission_prev_hash: Mapped[str | None] = mapped_column(DIGEST)
+    record_hash: Mapped[str] = mapped_column(DIGEST)
+
+
+class AuditChainHead(Base):
+    """A single row (id 1): the end of the global chain. Appenders lock it, so the chain
+    cannot fork however many replicas write."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str | None] = mapped_column(DIGEST)
+
+
+class OutboxEvent(Base):
+    """An event to deliver at least once (SSF push, cache invalidation), written in the
+    same transaction as the change it announces (PROFILE.md section 10, "Signals")."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (Index(None, "delivered_at", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(String(128))
+    mission_id: Mapped[str | None] = mapped_column(MISSION_ID, index=True)
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime]

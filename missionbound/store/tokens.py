@@ -1,0 +1,66 @@
+"""Issued token ids: every access token, ID-JAG and other minted JWT by ``jti``, with its
+Mission (issuance digest section 12: ``jti`` joins RS logs to issuance), so revocation can
+name the tokens bound to a Mission (CAEP ``session-revoked``, PROFILE.md section 10)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from missionbound.mission.errors import InvalidRequest
+from missionbound.store.models import IssuedToken
+from missionbound.store.validation import require_aware
+
+TOKEN_KINDS = frozenset({"access_token", "refresh_token", "id_jag", "txn_token", "permit"})
+
+
+def record_issued_token(
+    session: Session,
+    *,
+    jti: str,
+    mission_id: str,
+    client_id: str,
+    kind: str,
+    aud: str | list[str] | None,
+    issued_at: datetime,
+    expires_at: datetime,
+) -> IssuedToken:
+    if not isinstance(jti, str) or not 0 < len(jti) <= 255:
+        raise InvalidRequest("jti must be 1 to 255 characters")
+    if kind not in TOKEN_KINDS:
+        raise InvalidRequest(f"unknown token kind {kind!r}")
+    aud_value: Any = list(aud) if isinstance(aud, (list, tuple)) else aud
+    require_aware(issued_at, "issued_at")
+    require_aware(expires_at, "expires_at")
+    if session.get(IssuedToken, jti) is not None:
+        raise InvalidRequest("jti was already issued")
+    token = IssuedToken(
+        jti=jti,
+        mission_id=mission_id,
+        client_id=client_id,
+        kind=kind,
+        aud=aud_value,
+        issued_at=issued_at,
+        expires_at=expires_at,
+    )
+    session.add(token)
+    session.flush()
+    return token
+
+
+def get_issued_token(session: Session, jti: str) -> IssuedToken | None:
+    return session.get(IssuedToken, jti)
+
+
+def tokens_for_mission(
+    session: Session, mission_id: str, *, unexpired_at: datetime | None = None
+) -> list[IssuedToken]:
+    """Tokens minted for the Mission, oldest first; only those still valid at
+    ``unexpired_at`` when given."""
+    statement = select(IssuedToken).where(IssuedToken.mission_id == mission_id)
+    if unexpired_at is not None:
+        statement = statement.where(IssuedToken.expires_at > unexpired_at)
+    return list(session.scalars(statement.order_by(IssuedToken.issued_at, IssuedToken.jti)))

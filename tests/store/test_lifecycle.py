@@ -1,0 +1,448 @@
+"""The lifecycle through the store (PROFILE.md section 7): every legal transition with its
+three traces, idempotent repeats without any, the 409s, clock-first expiry and the sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select, text
+
+from missionbound.mission.errors import (
+    ConcurrentModification,
+    InvalidRequest,
+    InvalidState,
+    TransitionForbidden,
+)
+from missionbound.mission.lifecycle import TRANSITIONS, Event, Role, State
+from missionbound.mission.record import MissionRecord
+from missionbound.store import missions
+from missionbound.store.lifecycle import expire_due, transition
+from missionbound.store.models import AuditRecord, OutboxEvent
+from missionbound.store.transactions import Store
+from tests.store.factories import ISSUER, T0, Traces, count_traces, make_approval
+
+CreateMission = Callable[..., MissionRecord]
+ADMIN = {"role": "admin", "sub": "bob"}
+LATER = T0 + timedelta(hours=1)
+# Who may trigger each event (section 7, column "Who"), to drive every transition.
+ROLE_FOR = {
+    Event.REJECT: Role.APPROVER,
+    Event.SUSPEND: Role.ADMIN,
+    Event.RESUME: Role.ADMIN,
+    Event.REVOKE: Role.SUBJECT,
+    Event.COMPLETE: Role.CLIENT,
+    Event.EXPIRE: Role.CLOCK,
+}
+
+
+def _mission_in(state: State, store: Store, create_mission: CreateMission) -> MissionRecord:
+    record = create_mission()
+    if state is State.PENDING_APPROVAL:
+        return record
+    with store.begin() as session:
+        result = missions.approve(
+            session,
+            record.mission_id,
+            now=T0 + timedelta(minutes=1),
+            **make_approval(record).kwargs(),
+        )
+    if state is State.SUSPENDED:
+        with store.begin() as session:
+            result = transition(
+                session,
+                record.mission_id,
+                Event.SUSPEND,
+                roles={Role.ADMIN},
+                actor=ADMIN,
+                reason="setup",
+                now=T0 + timedelta(minutes=2),
+            )
+    assert result.record.state is state
+    return result.record
+
+
+LEGAL = sorted(
+    (
+        (origin, event, target)
+        for (origin, event), target in TRANSITIONS.items()
+        if event is not Event.APPROVE
+    ),
+    key=lambda t: (t[0].value, t[1].value),
+)
+
+
+@pytest.mark.parametrize(
+    ("origin", "event", "target"), LEGAL, ids=[f"{o.value}-{e.value}" for o, e, _ in LEGAL]
+)
+def test_every_legal_transition_commits_with_its_traces(
+    store: Store, create_mission: CreateMission, origin: State, event: Event, target: State
+) -> None:
+    before = _mission_in(origin, store, create_mission)
+    now = T0 + timedelta(minutes=5)
+    with store.begin() as session:
+        traces_before = count_traces(session, before.mission_id)
+        result = transition(
+            session,
+            before.mission_id,
+            event,
+            roles={ROLE_FOR[event]},
+            actor={"role": ROLE_FOR[event].value},
+            reason="because",
+            now=now,
+        )
+    assert result.decision.changed
+    assert (result.record.state, result.record.version) == (target, before.version + 1)
+    with store.read() as session:
+        stored = missions.get(session, before.mission_id)
+        traces = count_traces(session, before.mission_id)
+        audit = session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
+        outbox = session.scalars(select(OutboxEvent).order_by(OutboxEvent.id.desc())).first()
+    assert stored is not None and audit is not None and outbox is not None
+    assert (stored.state, stored.version) == (target, before.version + 1)
+    assert traces == Traces(
+        traces_before.history + 1, traces_before.audit + 1, traces_before.outbox + 1
+    )
+    assert stored.lifecycle_history[-1] == {
+        "version": before.version + 1,
+        "event": event.value,
+        "from_state": origin.value,
+        "to_state": target.value,
+        "actor": {"role": ROLE_FOR[event].value},
+        "reason": "because",
+        "committed_at": "2026-10-15T14:37:11Z",
+    }
+    assert audit.data == {
+        "event": event.value,
+        "prior_state": origin.value,
+        "state": target.value,
+        "version": before.version + 1,
+        "reason": "because",
+    }
+    assert outbox.payload == {
+        "mission": {"id": before.mission_id, "origin": ISSUER},
+        "state": target.value,
+        "prior_state": origin.value,
+        "version": before.version + 1,
+        "committed_at": "2026-10-15T14:37:11Z",
+        "reason": "because",
+    }
+
+
+@pytest.mark.parametrize(
+    ("state", "event"),
+    [(State.SUSPENDED, Event.SUSPEND), (State.ACTIVE, Event.RESUME)],
+)
+def test_a_repeat_aimed_at_the_current_state_writes_nothing(
+    store: Store, create_mission: CreateMission, state: State, event: Event
+) -> None:
+    before = _mission_in(state, store, create_mission)
+    with store.begin() as session:
+        traces_before = count_traces(session, before.mission_id)
+        result = transition(
+            session,
+            before.mission_id,
+            event,
+            roles={Role.ADMIN},
+            actor=ADMIN,
+            reason="again",
+            now=LATER,
+        )
+    assert not result.decision.changed
+    assert (result.record.state, result.record.version) == (state, before.version)
+    with store.read() as session:
+        assert count_traces(session, before.mission_id) == traces_before
+
+
+def test_revoking_a_revoked_mission_is_an_idempotent_success(
+    store: Store, create_mission: CreateMission
+) -> None:
+    mission = _mission_in(State.ACTIVE, store, create_mission)
+    for _ in range(2):
+        with store.begin() as session:
+            result = transition(
+                session,
+                mission.mission_id,
+                Event.REVOKE,
+                roles={Role.ADMIN},
+                actor=ADMIN,
+                reason="stop",
+                now=LATER,
+            )
+    assert not result.decision.changed and result.record.state is State.REVOKED
+    with store.read() as session:
+        assert count_traces(session, mission.mission_id) == Traces(3, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("state", "event", "role", "error"),
+    [
+        (State.ACTIVE, Event.SUSPEND, Role.SUBJECT, TransitionForbidden),
+        (State.ACTIVE, Event.RESUME, Role.CLIENT, TransitionForbidden),
+        (State.PENDING_APPROVAL, Event.SUSPEND, Role.ADMIN, InvalidState),
+        (State.PENDING_APPROVAL, Event.REVOKE, Role.ADMIN, InvalidState),
+        (State.REVOKED, Event.RESUME, Role.ADMIN, ConcurrentModification),
+        (State.REVOKED, Event.COMPLETE, Role.ADMIN, ConcurrentModification),
+        (State.COMPLETED, Event.SUSPEND, Role.ADMIN, ConcurrentModification),
+    ],
+)
+def test_refused_events_raise_the_section_7_error_and_write_nothing(
+    store: Store,
+    create_mission: CreateMission,
+    state: State,
+    event: Event,
+    role: Role,
+    error: type[Exception],
+) -> None:
+    if state in (State.REVOKED, State.COMPLETED):
+        mission = _mission_in(State.ACTIVE, store, create_mission)
+        final = Event.REVOKE if state is State.REVOKED else Event.COMPLETE
+        with store.begin() as session:
+            transition(
+                session,
+                mission.mission_id,
+                final,
+                roles={Role.ADMIN},
+                actor=ADMIN,
+                reason=None,
+                now=T0 + timedelta(minutes=5),
+            )
+    else:
+        mission = _mission_in(state, store, create_mission)
+    with store.read() as session:
+        traces_before = count_traces(session, mission.mission_id)
+    with pytest.raises(error) as raised, store.begin() as session:
+        # Within the consent window, so the pending Mission is still pending.
+        transition(
+            session,
+            mission.mission_id,
+            event,
+            roles={role},
+            actor={"role": role.value},
+            reason=None,
+            now=T0 + timedelta(minutes=6),
+        )
+    assert raised.value.status in (403, 409)  # type: ignore[attr-defined]
+    with store.read() as session:
+        stored = missions.get(session, mission.mission_id)
+        assert count_traces(session, mission.mission_id) == traces_before
+    assert stored is not None and stored.state is state
+
+
+def test_expected_version_guards_against_a_stale_view(
+    store: Store, create_mission: CreateMission
+) -> None:
+    mission = _mission_in(State.ACTIVE, store, create_mission)  # version 2
+    with (
+        pytest.raises(ConcurrentModification, match="expected version 1"),
+        store.begin() as session,
+    ):
+        transition(
+            session,
+            mission.mission_id,
+            Event.SUSPEND,
+            roles={Role.ADMIN},
+            actor=ADMIN,
+            reason=None,
+            now=LATER,
+            expected_version=1,
+        )
+    with store.begin() as session:
+        result = transition(
+            session,
+            mission.mission_id,
+            Event.SUSPEND,
+            roles={Role.ADMIN},
+            actor=ADMIN,
+            reason=None,
+            now=LATER,
+            expected_version=2,
+        )
+    assert (result.record.state, result.record.version) == (State.SUSPENDED, 3)
+
+
+def test_a_writer_that_got_there_first_makes_the_version_check_fail(
+    store: Store, create_mission: CreateMission
+) -> None:
+    # The optimistic UPDATE ... WHERE version = :expected is the last line of defence
+    # when a row changed under a caller that did not hold the lock.
+    from missionbound.mission.lifecycle import decide_transition
+    from missionbound.store.lifecycle import commit_transition
+    from missionbound.store.mission_rows import lock_mission
+
+    mission = _mission_in(State.ACTIVE, store, create_mission)
+    with pytest.raises(ConcurrentModification), store.begin() as session:
+        row = lock_mission(session, mission.mission_id)
+        decision = decide_transition(State.ACTIVE, row.version, Event.SUSPEND, {Role.ADMIN})
+        session.execute(
+            text("UPDATE missions SET version = version + 1 WHERE mission_id = :m"),
+            {"m": mission.mission_id},
+        )
+        commit_transition(session, row, decision, actor=ADMIN, reason=None, now=LATER)
+
+
+@pytest.mark.parametrize(
+    ("event", "roles"),
+    [
+        ("explode", {Role.ADMIN}),
+        (Event.SUSPEND, {"janitor"}),
+        (Event.SUSPEND, "admin"),
+        (Event.APPROVE, {Role.APPROVER}),
+    ],
+    ids=["unknown-event", "unknown-role", "roles-as-string", "approve-bypassing-anchors"],
+)
+def test_bad_input_is_refused_before_any_write(
+    store: Store, create_mission: CreateMission, event: object, roles: object
+) -> None:
+    mission = create_mission()
+    with pytest.raises(InvalidRequest), store.begin() as session:
+        transition(
+            session,
+            mission.mission_id,
+            event,  # type: ignore[arg-type]
+            roles=roles,  # type: ignore[arg-type]
+            actor=ADMIN,
+            reason=None,
+            now=LATER,
+        )
+    with pytest.raises(InvalidRequest), store.begin() as session:
+        transition(
+            session,
+            mission.mission_id,
+            Event.REJECT,
+            roles={Role.APPROVER},
+            actor=ADMIN,
+            reason="x" * 1025,
+            now=LATER,
+        )
+    with store.read() as session:
+        assert count_traces(session, mission.mission_id) == Traces(1, 1, 1)
+
+
+def test_expiry_is_persisted_first_with_its_own_traces_then_the_event_is_refused(
+    store: Store, create_mission: CreateMission
+) -> None:
+    mission = _mission_in(State.ACTIVE, store, create_mission)
+    after_expiry = mission.mission_expiry + timedelta(seconds=1)
+    with pytest.raises(ConcurrentModification, match="expired"), store.begin() as session:
+        transition(
+            session,
+            mission.mission_id,
+            Event.SUSPEND,
+            roles={Role.ADMIN},
+            actor=ADMIN,
+            reason="too late",
+            now=after_expiry,
+        )
+    with store.read() as session:
+        stored = missions.get(session, mission.mission_id)
+        assert count_traces(session, mission.mission_id) == Traces(3, 3, 3)
+        outbox = session.scalars(select(OutboxEvent).order_by(OutboxEvent.id.desc())).first()
+    assert stored is not None and outbox is not None
+    assert (stored.state, stored.version) == (State.EXPIRED, 3)
+    assert stored.lifecycle_history[-1]["actor"] == {"role": "clock"}
+    assert stored.lifecycle_history[-1]["reason"] == "mission_expiry passed"
+    assert (outbox.payload["state"], outbox.payload["prior_state"]) == ("expired", "active")
+
+
+def test_the_clock_event_persists_a_due_expiry_in_the_same_transaction(
+    store: Store, create_mission: CreateMission
+) -> None:
+    mission = _mission_in(State.SUSPENDED, store, create_mission)
+    with store.begin() as session:
+        result = transition(
+            session,
+            mission.mission_id,
+            Event.EXPIRE,
+            roles={Role.CLOCK},
+            actor=None,
+            reason=None,
+            now=mission.mission_expiry,
+        )
+    assert result.clock_expiry is not None and result.clock_expiry.changed
+    assert not result.decision.changed
+    assert (result.record.state, result.record.version) == (State.EXPIRED, mission.version + 1)
+
+
+def test_a_lapsed_consent_window_expires_a_pending_mission(
+    store: Store, create_mission: CreateMission
+) -> None:
+    mission = create_mission()
+    with pytest.raises(ConcurrentModification), store.begin() as session:
+        transition(
+            session,
+            mission.mission_id,
+            Event.REJECT,
+            roles={Role.APPROVER},
+            actor=None,
+            reason=None,
+            now=T0 + timedelta(minutes=10),
+        )
+    with store.read() as session:
+        stored = missions.get(session, mission.mission_id)
+    assert stored is not None and stored.state is State.EXPIRED
+
+
+def test_expire_due_sweeps_every_due_mission_once(
+    store: Store, create_mission: CreateMission
+) -> None:
+    short = timedelta(hours=1)
+    due_active = _mission_in(State.ACTIVE, store, lambda: create_mission(lifetime=short))
+    due_suspended = _mission_in(State.SUSPENDED, store, lambda: create_mission(lifetime=short))
+    lapsed_pending = create_mission(lifetime=timedelta(days=3))
+    live = _mission_in(State.ACTIVE, store, lambda: create_mission(lifetime=timedelta(days=3)))
+    revoked = _mission_in(State.ACTIVE, store, lambda: create_mission(lifetime=short))
+    with store.begin() as session:
+        transition(
+            session,
+            revoked.mission_id,
+            Event.REVOKE,
+            roles={Role.ADMIN},
+            actor=ADMIN,
+            reason=None,
+            now=T0 + timedelta(minutes=5),
+        )
+    sweep_at: datetime = T0 + short
+    with store.begin() as session:
+        assert expire_due(session, sweep_at) == 3
+    with store.begin() as session:
+        assert expire_due(session, sweep_at) == 0
+    with store.read() as session:
+        states = {m.mission_id: m.state for m in missions.list_missions(session)}
+        expiry_rows = {
+            m.mission_id: [h for h in m.lifecycle_history if h["event"] == "expire"]
+            for m in missions.list_missions(session)
+        }
+    assert states == {
+        due_active.mission_id: State.EXPIRED,
+        due_suspended.mission_id: State.EXPIRED,
+        lapsed_pending.mission_id: State.EXPIRED,
+        live.mission_id: State.ACTIVE,
+        revoked.mission_id: State.REVOKED,
+    }
+    for mission in (due_active, due_suspended, lapsed_pending):
+        assert len(expiry_rows[mission.mission_id]) == 1
+
+
+def test_an_unknown_stored_state_is_refused_not_read_as_active(
+    store: Store, create_mission: CreateMission
+) -> None:
+    mission = _mission_in(State.ACTIVE, store, create_mission)
+    with store.begin() as session:
+        session.execute(
+            text("UPDATE missions SET state = 'dormant' WHERE mission_id = :m"),
+            {"m": mission.mission_id},
+        )
+    with store.read() as session, pytest.raises(InvalidState):
+        missions.get(session, mission.mission_id)
+    with pytest.raises(InvalidState), store.begin() as session:
+        transition(
+            session,
+            mission.mission_id,
+            Event.REVOKE,
+            roles={Role.ADMIN},
+            actor=ADMIN,
+            reason=None,
+            now=LATER,
+        )
