@@ -1,0 +1,36 @@
+# DESIGN.md "Interfaces": `make run`, `make test`, `make bench` work on a fresh clone.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Installing is skipped while this stamp is newer than what it was installed from.
+STAMP  := $(VENV)/.installed
+CONSTRAINTS := $(wildcard constraints.txt)
+
+.PHONY: install run test bench lint clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/missionbound serve
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --strict missionbound/mission
+	$(VENV)/bin/mypy missionbound
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

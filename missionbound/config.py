@@ -1,0 +1,267 @@
+"""Deployment settings: defaults, then a TOML file, then ``MISSIONBOUND_*`` environment
+variables, then command-line flags (each later source wins).
+
+The configuration file is the same TOML file that may also carry the tenant (``[tenant]``,
+``[[users]]``, ``[[clients]]``, ``[catalog]``, see :mod:`missionbound.tenant`). Settings are its
+top-level keys::
+
+    issuer = "https://as.example.com"
+    database_url = "postgresql+psycopg://missionbound@db/missionbound"
+
+    [tenant]
+    name = "acme"
+
+Every setting and its environment variable is documented in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from missionbound.store.engine import DatabaseUrlError, normalize_url
+
+ENV_PREFIX = "MISSIONBOUND_"
+
+# Tables of the configuration file that belong to the tenant, not to the settings.
+TENANT_TABLES = frozenset({"tenant", "users", "clients", "catalog"})
+
+# Settings whose value is a path: when they come from the configuration file they are
+# relative to that file's folder, so a config file and its tenant file can move together.
+_PATH_SETTINGS = ("data_dir", "tenant_file")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says what to change and where."""
+
+
+class Settings(BaseSettings):
+    """Everything a deployment can set. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        # Unknown MISSIONBOUND_* variables are left alone (tests and tools use their own);
+        # unknown keys in the configuration file are refused by _ConfigFileSource instead.
+        extra="ignore",
+        validate_default=True,
+        frozen=True,
+    )
+
+    config_file: Path | None = Field(
+        default=None, description="TOML file with settings and optionally the tenant."
+    )
+    issuer: str = Field(
+        default="",
+        description="The AS issuer identifier (RFC 8414). Empty: http://<host>:<port>.",
+    )
+    host: str = Field(default="127.0.0.1", description="Interface `serve` listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port `serve` listens on.")
+    data_dir: Path = Field(
+        default=Path("var"), description="Folder for the SQLite database and signing keys."
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL. Empty: sqlite:///<data_dir>/missionbound.db.",
+    )
+    tenant_file: Path | None = Field(
+        default=None, description="A tenant TOML file (users, clients, catalog)."
+    )
+    mission_intent_max_size: int = Field(
+        default=16384, ge=256, description="Largest accepted mission_intent, in octets."
+    )
+    max_mission_lifetime: timedelta = Field(
+        default=timedelta(days=30), description="Cap on mission_expiry - now at submission."
+    )
+    consent_window_seconds: int = Field(
+        default=600, ge=1, description="How long a Mission may wait for approval."
+    )
+    max_request_body_size: int = Field(
+        default=1_048_576, ge=1024, description="Largest accepted HTTP request body, in octets."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    role: Literal["issuer"] = Field(
+        default="issuer", description="What this process is; 'resource_as' comes later."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets-dir reading: one file and the environment are the whole story.
+        return (
+            init_settings,
+            env_settings,
+            _ConfigFileSource(settings_cls, _locate_config_file(init_settings, env_settings)),
+        )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("max_mission_lifetime")
+    @classmethod
+    def _positive_lifetime(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be a positive duration (e.g. P30D or 2592000)")
+        return value
+
+    @field_validator("issuer")
+    @classmethod
+    def _check_issuer(cls, value: str) -> str:
+        if value:
+            check_issuer(value)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if value:
+            try:
+                normalize_url(value)
+            except DatabaseUrlError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        # frozen=True: fill the derived values through object.__setattr__, once, here.
+        data_dir = self.data_dir.expanduser().resolve()
+        object.__setattr__(self, "data_dir", data_dir)
+        if not self.issuer:
+            object.__setattr__(self, "issuer", f"http://{_url_host(self.host)}:{self.port}")
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'missionbound.db'}")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return make_url(self.database_url).get_backend_name() == "sqlite"
+
+    @property
+    def database_url_for_display(self) -> str:
+        """The URL with any password masked, for banners, logs and error messages."""
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+
+def check_issuer(value: str) -> None:
+    """RFC 8414 section 2: an http(s) URL with no query or fragment. We also refuse a
+    trailing slash, because resource URIs are built as ``{issuer}/demo/...`` and because
+    issuer comparison is byte-for-byte (RFC 8414 section 3.3)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"issuer {value!r} must be an absolute http(s) URL")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError(f"issuer {value!r} must not have a query or fragment")
+    if value.endswith("/"):
+        raise ValueError(f"issuer {value!r} must not end with '/'")
+
+
+def _url_host(host: str) -> str:
+    """The host part of the default issuer. A wildcard bind address is not a place a client
+    can reach, so the default issuer names the loopback interface instead."""
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]"
+    except ValueError:
+        pass  # a host name
+    return host
+
+
+def _locate_config_file(
+    init_settings: PydanticBaseSettingsSource, env_settings: PydanticBaseSettingsSource
+) -> Path | None:
+    """``--config`` (an init argument) wins over ``MISSIONBOUND_CONFIG_FILE``."""
+    init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
+    value = init_kwargs.get("config_file") or env_settings().get("config_file")
+    return Path(value) if value else None
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """The top-level keys of the configuration file, with relative paths resolved against
+    the file's folder. Tenant tables are skipped here; :mod:`missionbound.tenant` reads them."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._values = read_config_settings(path, set(settings_cls.model_fields)) if path else {}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, turning every way it can fail into a :class:`ConfigError`."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def read_config_settings(path: Path, known: set[str]) -> dict[str, Any]:
+    data = read_toml(path)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in TENANT_TABLES:
+            continue
+        if key not in known or key == "config_file":
+            settings = ", ".join(sorted(known - {"config_file"}))
+            raise ConfigError(
+                f"{path}: unknown setting {key!r} (settings: {settings}; "
+                f"tenant tables: {', '.join(sorted(TENANT_TABLES))})"
+            )
+        values[key] = value
+    for key in _PATH_SETTINGS:
+        if isinstance(values.get(key), str):
+            values[key] = str(path.parent / Path(values[key]).expanduser())
+    return values
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; ``overrides`` are command-line flags (``None`` = not given).
+
+    Raises :class:`ConfigError` with a readable message instead of pydantic's report.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    unknown = set(given) - set(Settings.model_fields)
+    if unknown:
+        raise TypeError(f"unknown settings: {sorted(unknown)}")
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if field in Settings.model_fields:
+            lines.append(f"invalid setting {field} ({ENV_PREFIX}{field.upper()}): {message}")
+        else:
+            lines.append(f"invalid settings: {message}")
+    return "; ".join(lines)

@@ -1,0 +1,58 @@
+"""The application factory. Everything the app needs arrives as an argument and lives in
+``app.state``; two apps in one process (tests, a replica pair) share nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from missionbound.config import Settings
+from missionbound.store.engine import create_engine_for
+from missionbound.tenant import Tenant, load_tenant
+from missionbound.web import health, metadata
+from missionbound.web.errors import install_error_handlers
+from missionbound.web.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
+
+
+def create_app(
+    settings: Settings, *, tenant: Tenant | None = None, engine: Engine | None = None
+) -> FastAPI:
+    """Build the HTTP application.
+
+    ``tenant`` defaults to :func:`~missionbound.tenant.load_tenant` of ``settings``; ``engine``
+    to a new engine for ``settings.database_url``, disposed when the app shuts down (an engine
+    passed in belongs to the caller). Migrations are the caller's job (``serve`` runs them).
+    """
+    tenant = tenant if tenant is not None else load_tenant(settings)
+    owns_engine = engine is None
+    db = engine if engine is not None else create_engine_for(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_engine:
+            db.dispose()
+
+    app = FastAPI(
+        title="missionbound",
+        summary="Mission-Bound OAuth: Authorization Server, PDP and enforcement points",
+        version=version("missionbound"),
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.tenant = tenant
+    app.state.engine = db
+
+    install_error_handlers(app)
+    # add_middleware stacks outward: the request log wraps the body limit, so it sees 413s too.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_size=settings.max_request_body_size)
+    app.add_middleware(RequestLogMiddleware)
+    app.include_router(health.router)
+    app.include_router(metadata.router)
+    return app

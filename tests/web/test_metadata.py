@@ -1,0 +1,70 @@
+"""RFC 8414 metadata: the issuer and only the Mission members that are true today."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from missionbound.config import load_settings
+from missionbound.store.engine import create_engine_for
+from missionbound.web.app import create_app
+from tests.web.conftest import ISSUER
+
+pytestmark = pytest.mark.anyio
+
+WELL_KNOWN = "/.well-known/oauth-authorization-server"
+
+
+async def test_metadata_names_the_configured_issuer_and_mission_members(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get(WELL_KNOWN)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "issuer": ISSUER,
+        "authorization_details_types_supported": ["mission_resource_access"],
+        "mission_intent_max_size": 16384,
+        # Nothing is advertised before the surfaces that meet it exist.
+        "mission_ladder_levels_supported": [],
+        "mission_bound_authorization_supported": False,
+    }
+
+
+async def test_metadata_advertises_no_endpoint_that_does_not_exist(
+    client: httpx.AsyncClient,
+) -> None:
+    metadata = (await client.get(WELL_KNOWN)).json()
+    for member, url in metadata.items():
+        if member.endswith("_endpoint") or member == "jwks_uri":
+            path = url.removeprefix(ISSUER)
+            probe = await client.get(path)  # 405 for a POST-only endpoint is fine
+            assert probe.status_code != 404, f"{member} points at {path}, which is not served"
+
+
+async def test_each_app_serves_its_own_settings(tmp_path: Path) -> None:
+    # No module-level state: two apps in one process answer with their own configuration.
+    answers = []
+    for name, issuer, size in (("a", "https://a.example", 4096), ("b", "https://b.example", 8192)):
+        settings = load_settings(
+            data_dir=tmp_path / name, issuer=issuer, mission_intent_max_size=size
+        )
+        engine = create_engine_for(settings.database_url)
+        transport = httpx.ASGITransport(app=create_app(settings, engine=engine))
+        async with httpx.AsyncClient(transport=transport, base_url=issuer) as client:
+            answers.append((await client.get(WELL_KNOWN)).json())
+        engine.dispose()
+    assert [(a["issuer"], a["mission_intent_max_size"]) for a in answers] == [
+        ("https://a.example", 4096),
+        ("https://b.example", 8192),
+    ]
+
+
+async def test_openapi_is_published(client: httpx.AsyncClient) -> None:
+    docs = await client.get("/docs")
+    assert docs.status_code == 200
+    assert "text/html" in docs.headers["content-type"]
+    schema = (await client.get("/openapi.json")).json()
+    assert {"/healthz", WELL_KNOWN} <= set(schema["paths"])
