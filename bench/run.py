@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suites import SUITES  # noqa: E402
+from suites import SUITES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -53,7 +53,7 @@ class MissionIntent:
     @property
     def max_derivations(self) -> int | None:
         value = self.context.get("max_derivations")
-        return value if isinstance(value, int) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
     def acr(self) -> str | None:

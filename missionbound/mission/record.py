@@ -74,7 +74,8 @@ class MissionRecord:
     def max_derivations(self) -> int | None:
         context = self.mission_intent.get("context") or {}
         value = context.get("max_derivations")
-        return value if isinstance(value, int) else None
+        # bool is an int in Python; intake refuses it, and so does this reading.
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form (section 7 member names), as shown by status, CLI and audit."""
