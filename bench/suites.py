@@ -1,5 +1,8 @@
 """The benchmark suites. Each `Bench` has a name, a batch size and a `setup()` context manager
-yielding the operation to time (setup and teardown are not timed)."""
+yielding the operation to time (setup and teardown are not timed).
+
+`core`: the pure Mission core (this file). `store`: storage and the audit spine on SQLite and
+PostgreSQL (`store_suites.py`)."""
 
 from __future__ import annotations
 
@@ -91,4 +94,12 @@ def core_suite() -> list[Bench]:
     ]
 
 
-SUITES: dict[str, Callable[[], list[Bench]]] = {"core": core_suite}
+def store_suite() -> list[Bench]:
+    # Imported on use: store_suites builds on this module (Bench, the demo catalog), and the
+    # core suite should not need a database driver.
+    from store_suites import store_benches
+
+    return store_benches()
+
+
+SUITES: dict[str, Callable[[], list[Bench]]] = {"core": core_suite, "store": store_suite}
