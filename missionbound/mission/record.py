@@ -72,10 +72,16 @@ class MissionRecord:
 
     @property
     def max_derivations(self) -> int | None:
+        """The derivation cap, None when the intent sets none. A cap that is present but not
+        an integer >= 1 (only a bug or tampering can store one) reads as 0: nothing may be
+        derived, rather than no limit (fail closed)."""
         context = self.mission_intent.get("context") or {}
-        value = context.get("max_derivations")
-        # bool is an int in Python; intake refuses it, and so does this reading.
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        if not isinstance(context, dict) or "max_derivations" not in context:
+            return None
+        value = context["max_derivations"]
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        return 0
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form (section 7 member names), as shown by status, CLI and audit."""

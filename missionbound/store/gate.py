@@ -84,7 +84,16 @@ def gate_derivation(
             mission_state=effective.value,
             mission_error=f"mission_{effective.value}",
         )
-    cap = to_record(row).max_derivations
+    try:
+        cap = to_record(row).max_derivations
+    except InvalidState:
+        # An unreadable stored record is refused like an unknown state: invalid_grant, never
+        # a 409 from the lifecycle surface.
+        raise DerivationRefused(
+            "the Mission record cannot be read; refusing (fail closed)",
+            mission_state=None,
+            mission_error="mission_state_unknown",
+        ) from None
     statement = update(DerivationCounter).where(DerivationCounter.mission_id == mission_id)
     if cap is not None:
         # The check and the increment are one statement; the Mission lock already
@@ -99,7 +108,7 @@ def gate_derivation(
     exists = session.scalar(
         select(DerivationCounter.mission_id).where(DerivationCounter.mission_id == mission_id)
     )
-    if exists is None:
+    if exists is None and (cap is None or cap >= 1):
         # A Mission stored without its counter (not through create_pending): start it.
         session.add(DerivationCounter(mission_id=mission_id, count=1))
         session.flush()

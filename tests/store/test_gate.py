@@ -241,3 +241,23 @@ def issue_token_or_refusal(store: Store, mission_id: str) -> int | DerivationRef
         return issue_token(store, mission_id)
     except DerivationRefused as refused:
         return refused
+
+
+@pytest.mark.parametrize("stored_cap", ["50", True, 0, None])
+def test_a_malformed_stored_cap_refuses_instead_of_lifting_the_limit(
+    store: Store, active_mission: CreateMission, stored_cap: object
+) -> None:
+    # Intake never stores such a cap; only a bug or tampering could. Fail closed: no token.
+    from missionbound.store.models import Mission
+
+    mission = active_mission(max_derivations=5)
+    with store.begin() as session:
+        row = session.get(Mission, mission.mission_id)
+        assert row is not None
+        record = dict(row.record)
+        intent = dict(record["mission_intent"])
+        intent["context"] = {**intent["context"], "max_derivations": stored_cap}
+        row.record = {**record, "mission_intent": intent}
+    with pytest.raises(DerivationRefused) as refused:
+        issue_token(store, mission.mission_id)
+    assert refused.value.to_wire()["mission_error"] == "derivations_exhausted"
