@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     consent_window_seconds: int = Field(
         default=600, ge=1, description="How long a Mission may wait for approval."
     )
+    expiry_sweep_seconds: float = Field(
+        default=30, ge=0,
+        description="How often `serve` persists the expiry of lapsed Missions; 0 turns it off.",
+    )
     max_request_body_size: int = Field(
         default=1_048_576, ge=1024, description="Largest accepted HTTP request body, in octets."
     )

@@ -3,18 +3,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from importlib.metadata import version
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from missionbound.config import Settings
+from missionbound.mission.lifecycle import LifecyclePolicy
 from missionbound.store.engine import create_engine_for
 from missionbound.tenant import Tenant, load_tenant
 from missionbound.web import health, metadata
 from missionbound.web.errors import install_error_handlers
+from missionbound.web.expiry_sweep import sweep_periodically
 from missionbound.web.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
 
 
@@ -33,9 +38,21 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        if owns_engine:
-            db.dispose()
+        sweeper = None
+        if settings.expiry_sweep_seconds > 0:
+            sweeper = asyncio.create_task(sweep_periodically(
+                db, interval_seconds=settings.expiry_sweep_seconds,
+                policy=LifecyclePolicy(
+                    consent_window=timedelta(seconds=settings.consent_window_seconds))))
+        try:
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+            if owns_engine:
+                db.dispose()
 
     app = FastAPI(
         title="missionbound",
