@@ -105,6 +105,8 @@ def find_anchor_mismatch(record: dict[str, Any]) -> str | None:
         stored = record.get(name)
         if stored is None:
             continue
+        if not isinstance(stored, str):
+            return name
         try:
             if not verify_anchor(stored, typ, iss, value()):
                 return name

@@ -45,6 +45,14 @@ def _reject_float(text: str) -> Any:
     )
 
 
+def _parse_int(text: str) -> int:
+    # Refuse before int() sees it: a 5000-digit integer costs quadratic time and trips
+    # Python's own digit limit with a ValueError; 2^53 has 16 digits.
+    if len(text.lstrip("-")) > 16:
+        raise InvalidRequest("integer outside the I-JSON range (RFC 7493 section 2.2)")
+    return int(text)
+
+
 def _reject_constant(text: str) -> Any:
     raise InvalidRequest(f"non-finite number {text} is not JSON")
 
@@ -111,6 +119,7 @@ def parse_strict(
             text,
             object_pairs_hook=_reject_duplicates,
             parse_float=_reject_float,
+            parse_int=_parse_int,
             parse_constant=_reject_constant,
         )
     except _Duplicate as exc:

@@ -144,7 +144,7 @@ def _render_set(value: Any) -> str:
 # ---------------------------------------------------------------- aal
 
 
-def _check_aal(value: Any) -> str | None:
+def _check_aal_shape(value: Any) -> str | None:
     if not isinstance(value, dict) or set(value) - {"value", "freshness_seconds"}:
         return 'must be {"value": "<acr>", "freshness_seconds": n}'
     if not isinstance(value.get("value"), str) or not value["value"]:
@@ -180,7 +180,8 @@ class ConstraintRegistry:
             "data_classification": labels,
             "geo": ConstraintKind("geo", _label_set_checker(COUNTRY, "ISO 3166 alpha-2 codes"),
                                   _set_no_broader, _render_set, _set_intersection),
-            "aal": ConstraintKind("aal", _check_aal, self._aal_no_broader, self._render_aal),
+            "aal": ConstraintKind("aal", self._check_aal, self._aal_no_broader,
+                                  self._render_aal),
         }
         for key in allow_list_keys:
             if key in self.kinds:
@@ -237,6 +238,17 @@ class ConstraintRegistry:
     def render(self, key: str, value: Any) -> str:
         return self.kinds[key].render(value)
 
+    def _check_aal(self, value: Any) -> str | None:
+        problem = _check_aal_shape(value)
+        if problem is None and self._acr_rank and value["value"] not in self._acr_rank:
+            # With a declared order, an acr outside it could never be compared later.
+            return f"value must be one of the deployment's acr values {list(self._acr_rank)}"
+        return problem
+
+    def valid(self, key: str, value: Any) -> bool:
+        kind = self.kinds.get(key)
+        return kind is not None and kind.validate(value) is None
+
     # -- aal: "stricter" means an acr at least as strong and a freshness at least as tight.
     def _aal_no_broader(self, candidate: Any, reference: Any) -> bool:
         c_acr, r_acr = candidate["value"], reference["value"]
@@ -266,4 +278,4 @@ def constraints_no_broader(
     for key, ref_value in reference.items():
         if key not in candidate or not registry.no_broader(key, candidate[key], ref_value):
             return False
-    return all(registry.knows(key) for key in candidate)
+    return all(registry.valid(key, value) for key, value in candidate.items())

@@ -91,7 +91,8 @@ def _check_requested(
             raise InvalidAuthorizationDetails(
                 f"{where}: resource {entry['resource']!r} is not in mission_intent.resources"
             )
-        assert resource is not None  # every intent resource was checked against the catalog
+        if resource is None:  # cannot happen: every intent resource was checked first
+            raise InvalidAuthorizationDetails(f"{where}: resource is not in the catalog")
         for action in entry["actions"]:
             if action not in resource.actions:
                 raise InvalidAuthorizationDetails(
@@ -113,6 +114,10 @@ def _narrowest(registry: ConstraintRegistry, key: str, a: Any, b: Any, what: str
         # one without dropping one of them: refuse rather than guess.
         raise InvalidAuthorizationDetails(
             f"{what}: constraint {key!r} values {a!r} and {b!r} cannot be compared")
+    if value == []:
+        # Two allow-lists with nothing in common: the entry could never be used.
+        raise InvalidAuthorizationDetails(
+            f"{what}: constraint {key!r} values {a!r} and {b!r} have nothing in common")
     return value
 
 
@@ -125,6 +130,19 @@ def _ceilings(resource: Resource, actions: Sequence[str], registry: ConstraintRe
             out[key] = (_narrowest(registry, key, value, out[key], f"catalog {resource.uri}")
                         if key in out else value)
     return out
+
+
+def _split_by_constraint_keys(entry: Entry, resource: Resource, where: str,
+                              recorder: _Recorder) -> list[tuple[str, Entry]]:
+    """A requested entry whose actions accept different constraint keys (or differ in
+    delegability) becomes one entry per group, so that a ceiling or a Mission-wide bound of
+    one action is never put on an action that cannot enforce it, nor skipped for the entry."""
+    groups = default_action_groups(resource, entry["actions"])
+    if len(groups) == 1:
+        return [(where, entry)]
+    recorder.note(where + ".actions", entry["actions"], groups, "split_by_constraint_keys")
+    return [(f"{where}.group[{k}]", {**entry, "actions": group})
+            for k, group in enumerate(groups)]
 
 
 def _default_entries(resource: Resource) -> list[Entry]:
@@ -298,8 +316,12 @@ def derive_authority(
             recorder.note("resources", uri, None, "resource_indicator")
             continue
         if requested is not None:
-            proposals = [(f"authorization_details[{i}]", e)
-                         for i, e in enumerate(requested) if e["resource"] == uri]
+            proposals = [
+                split
+                for i, e in enumerate(requested) if e["resource"] == uri
+                for split in _split_by_constraint_keys(e, resource, f"authorization_details[{i}]",
+                                                       recorder)
+            ]
             if not proposals:
                 recorder.note("resources", uri, None, "not_requested")
         else:

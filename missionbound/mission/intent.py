@@ -73,10 +73,9 @@ def parse_instant(value: Any, member: str) -> datetime:
             f"{member} must be an RFC 3339 date-time such as 2026-12-31T23:59:59Z"
         )
     try:
-        parsed = datetime.fromisoformat(value.upper())
-    except ValueError:
+        return datetime.fromisoformat(value.upper()).astimezone(UTC)
+    except (ValueError, OverflowError):  # month 13, or year 9999 with a negative offset
         raise InvalidRequest(f"{member} is not a valid date-time: {value!r}") from None
-    return parsed.astimezone(UTC)
 
 
 def check_resource_uri(value: Any, where: str) -> str:
@@ -119,6 +118,8 @@ def _context(value: Any, registry: ConstraintRegistry) -> dict[str, Any]:
         where = f"context.{key}"
         if key.startswith("x_"):
             continue  # extension members: hashed, never authority
+        if item is None:
+            raise InvalidRequest(f"{where} must not be null")
         if key == "acr":
             _text(item, where, URI_MAX)
         elif key == "max_derivations":
@@ -156,6 +157,10 @@ def validate_intent(
     for member in REQUIRED:
         if member not in value:
             raise InvalidRequest(f"mission_intent.{member} is required")
+    for member, item in value.items():
+        if item is None and not member.startswith("x_"):
+            # an optional member is absent or has a value, never null
+            raise InvalidRequest(f"mission_intent.{member} must not be null")
 
     goal = _text(value["goal"], "mission_intent.goal", GOAL_MAX)
 

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from missionbound.mission.errors import (
     ConcurrentModification,
+    InvalidRequest,
     InvalidState,
     TransitionForbidden,
 )
@@ -168,18 +169,23 @@ def decide_transition(
 ) -> TransitionDecision:
     """Decide ``event`` on a Mission whose *effective* state is ``current``.
 
-    Precedence (docs/decisions.md): who may ask, then ``expected_version``, then the
-    idempotent repeat, then the terminal rule, then legality.
+    Precedence (docs/decisions.md L1): who may ask, then the idempotent repeat (so a retried
+    request whose first attempt committed still succeeds), then ``expected_version``, then
+    the terminal rule, then legality.
     """
+    if expected_version is not None and (
+        isinstance(expected_version, bool) or not isinstance(expected_version, int)
+    ):
+        raise InvalidRequest("expected_version must be an integer")
     if not (set(roles) & allowed_roles(event, policy)):
         raise TransitionForbidden(f"not allowed to {event.value} this Mission")
+    target = EVENT_TARGET[event]
+    if current is target:
+        return TransitionDecision(event, current, current, version, version)
     if expected_version is not None and expected_version != version:
         raise ConcurrentModification(
             f"expected version {expected_version} but the Mission is at version {version}"
         )
-    target = EVENT_TARGET[event]
-    if current is target:
-        return TransitionDecision(event, current, current, version, version)
     if current in TERMINAL_STATES:
         raise ConcurrentModification(f"the Mission is {current.value}; {event.value} refused")
     to_state = TRANSITIONS.get((current, event))

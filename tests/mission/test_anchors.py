@@ -113,5 +113,6 @@ def test_find_anchor_mismatch_names_the_altered_member() -> None:
         "proposal_hash"
     assert find_anchor_mismatch({**record, "consent_disclosure": {}}) == "consent_rendering_hash"
     assert find_anchor_mismatch({**record, "origin": "https://evil.example"}) == "proposal_hash"
+    assert find_anchor_mismatch({**record, "authority_hash": 5}) == "authority_hash"
     pending = {k: v for k, v in record.items() if not k.endswith("_hash")}
     assert find_anchor_mismatch(pending) is None

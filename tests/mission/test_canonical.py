@@ -41,6 +41,14 @@ def test_strict_parser_refuses_oversize_by_octets_not_characters() -> None:
         parse_strict(text, max_size=len(text.encode()) - 1)
 
 
+def test_huge_integers_are_refused_before_conversion() -> None:
+    with pytest.raises(InvalidRequest, match="I-JSON"):
+        parse_strict('{"a":' + "9" * 5000 + "}", max_size=16384)
+    with pytest.raises(InvalidRequest, match="I-JSON"):
+        parse_strict('[-' + "1" * 17 + "]", max_size=100)
+    assert parse_strict("[-9007199254740991]", max_size=100) == [-(2**53) + 1]
+
+
 def test_strict_parser_refuses_invalid_utf8_and_deep_nesting() -> None:
     with pytest.raises(InvalidRequest, match="UTF-8"):
         parse_strict(b'{"a":"\xff"}', max_size=100)

@@ -82,3 +82,23 @@ def test_constraint_words() -> None:
     assert describe_constraint("geo", ["US"], registry) == "only from US"
     assert describe_constraint("max_total_value", {"amount": "9", "currency": "EUR"},
                                registry) == "at most 9 EUR in total"
+
+
+def test_consent_rendering_hash_vector(catalog: Catalog, client: ClientCeiling) -> None:
+    """A fixed disclosure and its anchor, computed a second way with the standard library
+    (for ASCII keys, integers and plain strings, sorted compact JSON is the JCS form)."""
+    import base64
+    import hashlib
+    import json
+
+    shown = disclosure(catalog, client, approver=BOB)
+    envelope = {"typ": "mission-consent-disclosure", "iss": ISS, "value": shown}
+    canonical = json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest())
+    independent = "sha-256:" + digest.rstrip(b"=").decode()
+    assert consent_rendering_hash(ISS, shown) == independent
+    # Pinned: a change to the disclosure's shape changes what approvers are proven to have seen.
+    assert independent == PINNED_CONSENT_ANCHOR
+
+
+PINNED_CONSENT_ANCHOR = "sha-256:zKasEy2GrPDBQ-qBBWSkkKLoP3IKDDPyEDwm55KeUAw"

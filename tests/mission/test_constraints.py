@@ -47,7 +47,7 @@ def usd(amount: str, currency: str = "USD") -> dict[str, str]:
          {"value": "urn:acr:mfa", "freshness_seconds": 300}, True),
         ("aal", {"value": "urn:acr:mfa"}, {"value": "urn:acr:mfa", "freshness_seconds": 300},
          False),
-        ("aal", {"value": "urn:other"}, {"value": "urn:acr:pwd"}, False),  # no declared order
+        ("aal", {"value": "urn:other"}, {"value": "urn:acr:pwd"}, False),  # not in the order
         ("unknown_key", 1, 1, False),  # fail closed
     ],
 )
@@ -74,6 +74,7 @@ def test_no_broader(key: str, candidate: Any, reference: Any, expected: bool) ->
         ("vendors", "acme"),
         ("aal", {"value": ""}),
         ("aal", {"value": "x", "freshness_seconds": -1}),
+        ("aal", {"value": "urn:not-in-the-declared-order"}),
         ("nonsense", 1),
     ],
 )
@@ -104,6 +105,16 @@ def test_dropped_key_fails_and_added_key_must_be_known() -> None:
     assert not constraints_no_broader(REG, {}, reference)
     assert constraints_no_broader(REG, {"max_value": usd("1"), "vendors": ["a"]}, reference)
     assert not constraints_no_broader(REG, {"max_value": usd("1"), "mystery": 1}, reference)
+    # a key only the candidate has must still hold a valid value
+    assert not constraints_no_broader(REG, {"max_value": usd("1"), "vendors": 5}, reference)
+    assert not constraints_no_broader(REG, {"max_value": usd("1"), "vendors": []}, reference)
+
+
+def test_aal_without_a_declared_order_compares_by_equality() -> None:
+    unordered = ConstraintRegistry(frozenset())
+    unordered.validate("aal", {"value": "urn:anything"}, where="entry")
+    assert unordered.no_broader("aal", {"value": "urn:a"}, {"value": "urn:a"})
+    assert not unordered.no_broader("aal", {"value": "urn:a"}, {"value": "urn:b"})
 
 
 def test_allow_list_key_may_not_shadow_a_common_constraint() -> None:

@@ -81,6 +81,34 @@ def test_mission_context_constraints_project_onto_entries_that_accept_them(
     assert "constraints" not in by_action["invoices.read"]
 
 
+def test_a_mixed_entry_is_split_so_every_bound_lands_where_it_can_be_enforced(
+        catalog: Catalog, client: ClientCeiling) -> None:
+    result = derive(catalog, client, intent={"context": {"max_value": money("100")}},
+                    requested_authorization_details=[
+                        rae(["invoices.read", "journal-entries.write"])])
+    assert result.authority_set == [
+        rae(["invoices.read"]),
+        rae(["journal-entries.write"], constraints={"max_value": money("100")}),
+    ]
+    assert result.narrowing_decisions[0] == {
+        "field": "authorization_details[0].actions",
+        "requested": ["invoices.read", "journal-entries.write"],
+        "granted": [["invoices.read"], ["journal-entries.write"]],
+        "rule": "split_by_constraint_keys"}
+    assert {"field": "authorization_details[0].group[1].constraints.max_value",
+            "requested": None, "granted": money("100"), "rule": "mission_context"
+            } in result.narrowing_decisions
+
+
+def test_allow_lists_with_nothing_in_common_are_refused(catalog: Catalog,
+                                                        client: ClientCeiling) -> None:
+    with pytest.raises(InvalidAuthorizationDetails, match="have nothing in common"):
+        derive(catalog, client, intent={"resources": [MCP], "context": {"vendors": ["globex"]}},
+               requested_authorization_details=[
+                   rae(["execute_wire_transfer"], resource=MCP,
+                       constraints={"vendors": ["acme"]})])
+
+
 def test_incomparable_bounds_are_refused(catalog: Catalog, client: ClientCeiling) -> None:
     with pytest.raises(InvalidAuthorizationDetails, match="cannot be compared"):
         derive(catalog, client,

@@ -99,6 +99,8 @@ def test_resources_syntax(catalog: Catalog, resources: Any, fragment: str) -> No
         ("2026-11-26T11:59:59Z", "in the future"),
         ("2026-11-26T12:00:00Z", "in the future"),
         (1798761599, "RFC 3339"),
+        ("9999-12-31T23:59:59-01:00", "not a valid date-time"),  # beyond year 9999 in UTC
+        ("0001-01-01T00:00:00+01:00", "not a valid date-time"),
     ],
 )
 def test_mission_expiry(catalog: Catalog, expiry: Any, fragment: str) -> None:
@@ -115,6 +117,17 @@ def test_oversize_intent(catalog: Catalog) -> None:
     text = intent_json(constraints=["x" * 1000] * 10)
     refused(catalog, text, "octets; the limit is 2000", max_size=2000)
     validate_intent(text, catalog=catalog, now=NOW, max_size=len(text.encode()))
+
+
+@pytest.mark.parametrize("member", ["purpose", "constraints", "success_criteria", "context"])
+def test_optional_members_are_absent_or_valued_never_null(catalog: Catalog, member: str) -> None:
+    text = intent_json()[:-1] + f',"{member}":null}}'
+    refused(catalog, text, f"{member} must not be null")
+
+
+def test_null_context_members_are_refused(catalog: Catalog) -> None:
+    refused(catalog, intent_json(context={"acr": None}), "context.acr must not be null")
+    make_intent(catalog, x_note=None, context={"x_note": None})  # extensions may be anything
 
 
 def test_unknown_members_refused_but_extensions_accepted(catalog: Catalog) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from missionbound.mission.errors import (
     ConcurrentModification,
+    InvalidRequest,
     InvalidState,
     TransitionForbidden,
 )
@@ -99,6 +100,21 @@ def test_expected_version() -> None:
     decide_transition(State.ACTIVE, 3, Event.SUSPEND, EVERYONE, expected_version=3)
     with pytest.raises(ConcurrentModification, match="expected version 2"):
         decide_transition(State.ACTIVE, 3, Event.SUSPEND, EVERYONE, expected_version=2)
+    with pytest.raises(ConcurrentModification, match="expected version 2"):
+        decide_transition(State.REVOKED, 3, Event.RESUME, EVERYONE, expected_version=2)
+    for not_an_integer in (True, "3", 3.0):
+        with pytest.raises(InvalidRequest, match="expected_version must be an integer"):
+            decide_transition(State.ACTIVE, 1, Event.SUSPEND, EVERYONE,
+                              expected_version=not_an_integer)  # type: ignore[arg-type]
+
+
+def test_a_retried_request_whose_first_attempt_committed_still_succeeds() -> None:
+    # The client revoked at version 3, lost the response and retries with the same
+    # expected_version: the Mission is where it asked it to be, so it is an idempotent success.
+    first = decide_transition(State.ACTIVE, 3, Event.REVOKE, EVERYONE, expected_version=3)
+    retry = decide_transition(first.to_state, first.to_version, Event.REVOKE, EVERYONE,
+                              expected_version=3)
+    assert not retry.changed and retry.to_version == 4
 
 
 @pytest.mark.parametrize(
