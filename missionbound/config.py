@@ -112,6 +112,17 @@ class Settings(BaseSettings):
             _ConfigFileSource(settings_cls, _locate_config_file(init_settings, env_settings)),
         )
 
+    @field_validator(
+        "port", "mission_intent_max_size", "consent_window_seconds", "max_request_body_size",
+        "expiry_sweep_seconds", "max_mission_lifetime", mode="before",
+    )
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        # pydantic reads `true` as 1: `port = true` in a file would serve on port 1.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_log_level(cls, value: Any) -> Any:

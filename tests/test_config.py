@@ -195,6 +195,16 @@ def test_bad_values_are_a_config_error_naming_the_setting(
     assert names in message and f"MISSIONBOUND_{names.upper()}" in message
 
 
+@pytest.mark.parametrize(
+    "setting", ["port", "consent_window_seconds", "mission_intent_max_size",
+                "max_request_body_size", "expiry_sweep_seconds", "max_mission_lifetime"])
+def test_a_boolean_is_not_a_number(tmp_path: Path, setting: str) -> None:
+    # pydantic alone reads `port = true` as port 1.
+    config = write(tmp_path / "c.toml", f"{setting} = true\n")
+    with pytest.raises(ConfigError, match=setting):
+        load_settings(config_file=config)
+
+
 def test_bad_environment_value_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MISSIONBOUND_PORT", "eighty")
     with pytest.raises(ConfigError, match="MISSIONBOUND_PORT"):
