@@ -8,28 +8,51 @@ Checked, in order, stopping at the first failure:
    and the chain head (``audit_chain_head``) pointing at the last record (a truncated tail);
 2. every Mission's chain: ``mission_seq`` 1..n without a gap and ``mission_prev_hash``
    linking to the Mission's previous record;
-3. every stored Mission record: its three anchors recomputed from the members they commit
-   to (section 5), the anchors equal to the last ones the audit log committed for that
-   Mission, and its lifecycle history one entry per version.
+3. every stored Mission, in ``mission_id`` order: its record readable (a JSON object whose
+   anchors are strings), its three anchors recomputed from the members they commit to
+   (section 5) and equal to the last ones the audit log committed for that Mission; its
+   ``mission.created`` record present; the stored ``state`` and ``version`` (the columns the
+   gate reads) equal to those of its last lifecycle audit record and of its last lifecycle
+   history entry, with one history entry per version; its ``policy_version`` equal to the
+   one the log committed; the columns that copy record members
+   (``subject_sub``, ``client_id``, ``created_at``, ``mission_expiry``, ``activated_at``,
+   ``approval_event_id``) equal to the record's members; and its ``mission_expiry`` no later
+   than the one its intent asked for (the intent is anchored, the AS only ever shortens);
+4. every ``mission.created`` record names a stored Mission (no Mission row was deleted).
+
+Content the verifier cannot read (a record that is not JSON, an anchor that is not a string,
+a time that does not parse) is itself a break, named like the others, never a traceback.
+Errors of the database itself (:class:`~sqlalchemy.exc.SQLAlchemyError`) are raised.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Text, and_, cast, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from missionbound.audit.log import ANCHOR_NAMES, CHAIN_HEAD_ID, compute_record_hash
 from missionbound.mission.anchors import find_anchor_mismatch
-from missionbound.mission.errors import MissionError
+from missionbound.mission.canonical import digest_json
+from missionbound.mission.intent import parse_instant
+from missionbound.mission.record import format_instant
 from missionbound.store.engine import is_postgresql, read_only_engine
 from missionbound.store.models import AuditChainHead, AuditRecord, Mission, MissionHistory
 
 _BATCH = 1000
+
+# The audit events that record a lifecycle event (``data`` carries ``state`` and
+# ``version``): written by ``store.missions.create_pending`` and
+# ``store.lifecycle.commit_transition`` (tests/audit/test_verify.py checks the names agree).
+CREATED_EVENT = "mission.created"
+LIFECYCLE_EVENTS = frozenset({CREATED_EVENT, "mission.transition"})
 
 # Which members each anchor commits to, to name them in a report.
 _ANCHORED_MEMBERS = {
@@ -37,6 +60,25 @@ _ANCHORED_MEMBERS = {
     "consent_rendering_hash": "consent_disclosure",
     "authority_hash": "authority_set",
 }
+
+# The Mission columns read, the record as its stored text (parsed here, per Mission, so that
+# one unreadable record is named instead of aborting the read).
+_MISSION_COLUMNS = (
+    Mission.mission_id,
+    Mission.state,
+    Mission.version,
+    cast(Mission.record, Text).label("record"),
+    Mission.subject_sub,
+    Mission.client_id,
+    Mission.created_at,
+    Mission.mission_expiry,
+    Mission.activated_at,
+    Mission.approval_event_id,
+)
+
+
+# A row of _MISSION_COLUMNS (attribute access by column name).
+_MissionRow = Any
 
 
 @dataclass(frozen=True)
@@ -60,6 +102,31 @@ class _MissionChain:
     # The anchors last committed to the log for this Mission, and the record that did.
     anchors: dict[str, str] | None = None
     anchors_seq: int | None = None
+    # The Mission's mission.created record, and its last lifecycle record with its data.
+    created_seq: int | None = None
+    lifecycle_seq: int | None = None
+    lifecycle_data: Any = None
+    lifecycle_policy_version: str | None = None
+
+
+@dataclass(frozen=True)
+class _HistoryTail:
+    entries: int
+    highest: int
+    to_state: str
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A stored row (audit record by ``seq``, Mission by ``mission_id``) whose columns the
+    driver could not even decode."""
+
+    key: Any
+    error: Exception
+
+    @property
+    def mission_id(self) -> str:
+        return str(self.key)
 
 
 def verify(source: Engine | Session) -> VerifyReport:
@@ -107,8 +174,8 @@ class _Verifier:
         previous_hash: str | None = None
         expected_seq = 1
         for row in self._records():
-            seq = row["seq"]
-            label = _label(row)
+            seq = row.key if isinstance(row, _Unreadable) else row["seq"]
+            label = f"audit record {seq}" if isinstance(row, _Unreadable) else _label(row)
             if seq != expected_seq:
                 if seq > expected_seq:
                     missing = (
@@ -121,6 +188,8 @@ class _Verifier:
                         f"{expected_seq - 1} to record {seq}"
                     )
                 raise _Break(f"{label}: out of sequence (expected record {expected_seq})")
+            if isinstance(row, _Unreadable):
+                raise _Break(f"{label} cannot be read: {_describe(row.error)}")
             if _recompute(row) != row["record_hash"]:
                 raise _Break(f"{label}: record_hash does not match its content")
             if row["prev_hash"] != previous_hash:
@@ -131,11 +200,45 @@ class _Verifier:
             self.records_checked += 1
         self._check_head(expected_seq - 1, previous_hash)
 
-    def _records(self) -> Iterator[dict[str, Any]]:
-        statement = select(AuditRecord.__table__).order_by(AuditRecord.seq)
-        result = self.session.execute(statement.execution_options(yield_per=_BATCH))
-        for row in result.mappings():
-            yield dict(row)
+    def _records(self) -> Iterator[dict[str, Any] | _Unreadable]:
+        """Every record in ``seq`` order, a page per query. A page the driver cannot decode
+        (JSON that does not parse, a time that is not one) is read again record by record,
+        so the unreadable record is named."""
+        table = AuditRecord.__table__
+        after: int | None = None
+        while True:
+            statement = select(table).order_by(table.c.seq).limit(_BATCH)
+            if after is not None:
+                statement = statement.where(table.c.seq > after)
+            try:
+                page: list[dict[str, Any] | _Unreadable] = [
+                    dict(row) for row in self.session.execute(statement).mappings()
+                ]
+            except SQLAlchemyError:
+                raise
+            except Exception:
+                page = self._records_one_by_one(after)
+            yield from page
+            if len(page) < _BATCH:
+                return
+            last = page[-1]
+            after = last.key if isinstance(last, _Unreadable) else last["seq"]
+
+    def _records_one_by_one(self, after: int | None) -> list[dict[str, Any] | _Unreadable]:
+        table = AuditRecord.__table__
+        seqs = select(table.c.seq).order_by(table.c.seq).limit(_BATCH)
+        if after is not None:
+            seqs = seqs.where(table.c.seq > after)
+        page: list[dict[str, Any] | _Unreadable] = []
+        for seq in self.session.scalars(seqs):
+            try:
+                row = self.session.execute(select(table).where(table.c.seq == seq)).mappings()
+                page.append(dict(row.one()))
+            except SQLAlchemyError:
+                raise
+            except Exception as exc:
+                page.append(_Unreadable(seq, exc))
+        return page
 
     def _check_mission_link(self, row: dict[str, Any], label: str) -> None:
         mission_id = row["mission_id"]
@@ -163,6 +266,12 @@ class _Verifier:
         if anchors:
             chain.anchors = anchors
             chain.anchors_seq = row["seq"]
+        if row["event"] in LIFECYCLE_EVENTS:
+            chain.lifecycle_seq = row["seq"]
+            chain.lifecycle_data = row["data"]
+            chain.lifecycle_policy_version = row["policy_version"]
+            if row["event"] == CREATED_EVENT and chain.created_seq is None:
+                chain.created_seq = row["seq"]
 
     def _check_head(self, last_seq: int, last_hash: str | None) -> None:
         head = self.session.execute(
@@ -179,33 +288,77 @@ class _Verifier:
         if head_hash != last_hash:
             raise _Break(f"audit chain head hash does not match audit record {last_seq}")
 
-    # -- 3: the Missions -------------------------------------------------------------------
+    # -- 3 and 4: the Missions -------------------------------------------------------------
 
     def _check_missions(self) -> None:
-        history = self._history_summary()
-        statement = (
-            select(Mission.mission_id, Mission.record, Mission.version)
-            .order_by(Mission.mission_id)
-            .execution_options(yield_per=_BATCH)
-        )
-        for mission_id, record, version in self.session.execute(statement):
-            self._check_anchors(mission_id, record)
-            entries, highest = history.get(mission_id, (0, 0))
-            if entries != version or highest != version:
-                raise _Break(
-                    f"mission {mission_id}: lifecycle history has {entries} "
-                    f"entries up to version {highest} but the Mission is at "
-                    f"version {version}"
-                )
+        history = self._history_tails()
+        stored: set[str] = set()
+        for row in self._mission_rows():
+            mission_id = row.mission_id
+            stored.add(mission_id)
+            if isinstance(row, _Unreadable):
+                raise _Break(f"record of {mission_id} cannot be read: {_describe(row.error)}")
+            try:
+                self._check_mission(row, history.get(mission_id))
+            except _Break:
+                raise
+            except Exception as exc:
+                # Whatever the stored content makes the checks trip over (a member of the
+                # wrong type, an anchor the core cannot parse) is a break of this Mission.
+                raise _Break(f"record of {mission_id} cannot be read: {_describe(exc)}") from None
             self.missions_checked += 1
+        for mission_id, chain in sorted(self.chains.items()):
+            if chain.created_seq is not None and mission_id not in stored:
+                raise _Break(
+                    f"audit record {chain.created_seq} (mission {mission_id}) records the "
+                    "creation of a Mission that is not stored (its row was deleted)"
+                )
 
-    def _check_anchors(self, mission_id: str, record: Any) -> None:
-        if not isinstance(record, dict):
-            raise _Break(f"mission {mission_id}: stored record is not a JSON object")
-        try:
-            mismatch = find_anchor_mismatch(record)
-        except (KeyError, TypeError, MissionError):
-            raise _Break(f"mission {mission_id}: stored record is malformed") from None
+    def _check_mission(self, row: _MissionRow, tail: _HistoryTail | None) -> None:
+        mission_id = row.mission_id
+        record = _record_of(row)
+        self._check_anchors(mission_id, record)
+        chain = self.chains.get(mission_id)
+        if chain is None or chain.created_seq is None:
+            raise _Break(f"mission {mission_id} has no mission.created audit record")
+        _check_lifecycle(mission_id, row, chain, tail)
+        _check_policy_version(mission_id, record, chain)
+        _check_copied_columns(mission_id, row, record)
+        # Last: the most general check, after the ones that can say precisely what moved.
+        _check_record_digest(mission_id, record, chain)
+
+    def _mission_rows(self) -> Iterator[_MissionRow | _Unreadable]:
+        """Every Mission row in ``mission_id`` order, a batch per query. A batch the driver
+        cannot decode is read again row by row, so the unreadable Mission is named."""
+        after: str | None = None
+        while True:
+            try:
+                batch: list[_MissionRow | _Unreadable] = list(
+                    self.session.execute(_page(after, *_MISSION_COLUMNS)).all()
+                )
+            except SQLAlchemyError:
+                raise
+            except Exception:
+                batch = self._one_by_one(after)
+            yield from batch
+            if len(batch) < _BATCH:
+                return
+            after = batch[-1].mission_id
+
+    def _one_by_one(self, after: str | None) -> list[_MissionRow | _Unreadable]:
+        rows: list[_MissionRow | _Unreadable] = []
+        for mission_id in self.session.scalars(_page(after, Mission.mission_id)):
+            statement = select(*_MISSION_COLUMNS).where(Mission.mission_id == mission_id)
+            try:
+                rows.append(self.session.execute(statement).one())
+            except SQLAlchemyError:
+                raise
+            except Exception as exc:
+                rows.append(_Unreadable(mission_id, exc))
+        return rows
+
+    def _check_anchors(self, mission_id: str, record: dict[str, Any]) -> None:
+        mismatch = find_anchor_mismatch(record)
         if mismatch is not None:
             raise _Break(
                 f"mission {mission_id}: {mismatch} does not match the stored "
@@ -221,13 +374,160 @@ class _Verifier:
                     f"committed by audit record {chain.anchors_seq}"
                 )
 
-    def _history_summary(self) -> dict[str, tuple[int, int]]:
+    def _history_tails(self) -> dict[str, _HistoryTail]:
+        """Per Mission: how many history entries, the highest version, and the state the
+        entry of that version moved to."""
+        summary = (
+            select(
+                MissionHistory.mission_id,
+                func.count().label("entries"),
+                func.max(MissionHistory.version).label("highest"),
+            )
+            .group_by(MissionHistory.mission_id)
+            .subquery()
+        )
         rows = self.session.execute(
             select(
-                MissionHistory.mission_id, func.count(), func.max(MissionHistory.version)
-            ).group_by(MissionHistory.mission_id)
+                summary.c.mission_id, summary.c.entries, summary.c.highest, MissionHistory.to_state
+            ).join(
+                MissionHistory,
+                and_(
+                    MissionHistory.mission_id == summary.c.mission_id,
+                    MissionHistory.version == summary.c.highest,
+                ),
+            )
         )
-        return {mission_id: (count, highest) for mission_id, count, highest in rows}
+        return {
+            mission_id: _HistoryTail(entries, highest, to_state)
+            for mission_id, entries, highest, to_state in rows
+        }
+
+
+def _page(after: str | None, *columns: Any) -> Any:
+    statement = select(*columns).order_by(Mission.mission_id).limit(_BATCH)
+    if after is not None:
+        statement = statement.where(Mission.mission_id > after)
+    return statement
+
+
+def _record_of(row: _MissionRow) -> dict[str, Any]:
+    """The stored record, parsed; raises (and so names the Mission) when it is not a JSON
+    object whose anchors are strings."""
+    mission_id = row.mission_id
+    try:
+        record = json.loads(row.record)
+    except (TypeError, ValueError) as exc:
+        raise _Break(f"record of {mission_id} cannot be read: not JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise _Break(f"record of {mission_id} cannot be read: not a JSON object")
+    for name in ANCHOR_NAMES:
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            raise _Break(
+                f"record of {mission_id} cannot be read: {name} is {_shown(value)}, not a string"
+            )
+    if record.get("mission_id") != mission_id:
+        raise _Break(
+            f"mission {mission_id}: the stored record is that of mission "
+            f"{_shown(record.get('mission_id'))}"
+        )
+    return record
+
+
+def _check_lifecycle(
+    mission_id: str, row: _MissionRow, chain: _MissionChain, tail: _HistoryTail | None
+) -> None:
+    """The columns the gate reads, against the log (authenticated) and then the history."""
+    data = chain.lifecycle_data if isinstance(chain.lifecycle_data, dict) else {}
+    logged = f"its last lifecycle audit record (audit record {chain.lifecycle_seq})"
+    if row.state != data.get("state"):
+        raise _Break(
+            f"mission {mission_id}: stored state is {_shown(row.state)} but {logged} "
+            f"says {_shown(data.get('state'))}"
+        )
+    if row.version != data.get("version"):
+        raise _Break(
+            f"mission {mission_id}: stored version is {_shown(row.version)} but {logged} "
+            f"says {_shown(data.get('version'))}"
+        )
+    entries, highest = (0, 0) if tail is None else (tail.entries, tail.highest)
+    if tail is None or entries != row.version or highest != row.version:
+        raise _Break(
+            f"mission {mission_id}: lifecycle history has {entries} "
+            f"entries up to version {highest} but the Mission is at "
+            f"version {row.version}"
+        )
+    if tail.to_state != row.state:
+        raise _Break(
+            f"mission {mission_id}: stored state is {_shown(row.state)} but its last "
+            f"lifecycle history entry (version {tail.highest}) says {_shown(tail.to_state)}"
+        )
+
+
+def _check_record_digest(mission_id: str, record: dict[str, Any], chain: _MissionChain) -> None:
+    """The stored record is the one the last lifecycle audit record committed to: a member
+    rewritten afterwards (with its filter column rewritten to match) is caught here."""
+    data = chain.lifecycle_data if isinstance(chain.lifecycle_data, dict) else {}
+    if data.get("record_digest") != digest_json(record):
+        raise _Break(
+            f"mission {mission_id}: stored record does not match the record_digest committed "
+            f"by audit record {chain.lifecycle_seq}"
+        )
+
+
+def _check_policy_version(mission_id: str, record: dict[str, Any], chain: _MissionChain) -> None:
+    """Every lifecycle record carries the record's ``policy_version`` of its time; it only
+    changes at approval, which writes a lifecycle record."""
+    if record.get("policy_version") != chain.lifecycle_policy_version:
+        raise _Break(
+            f"mission {mission_id}: stored policy_version "
+            f"{_shown(record.get('policy_version'))} differs from the one committed by "
+            f"audit record {chain.lifecycle_seq}"
+        )
+
+
+def _check_copied_columns(mission_id: str, row: _MissionRow, record: dict[str, Any]) -> None:
+    """The filter columns are copies of record members; the gate and the clock read the
+    columns, so a column moved away from the record (``mission_expiry`` pushed out) is a
+    break. Times compare in the record's format (whole seconds)."""
+    copies: tuple[tuple[str, Any, Any], ...] = (
+        ("subject_sub", row.subject_sub, record["subject"]["sub"]),
+        ("client_id", row.client_id, record["client_id"]),
+        ("created_at", _instant(row.created_at), record["created_at"]),
+        ("mission_expiry", _instant(row.mission_expiry), record["mission_expiry"]),
+        ("activated_at", _instant(row.activated_at), record.get("activated_at")),
+        ("approval_event_id", row.approval_event_id, record.get("approval_event_id")),
+    )
+    for column, stored, member in copies:
+        if stored != member:
+            raise _Break(
+                f"mission {mission_id}: the {column} column ({_shown(stored)}) differs from "
+                f"the record's {column} ({_shown(member)})"
+            )
+    # The intent is anchored by proposal_hash; the AS may shorten the asked expiry, never
+    # extend it. Catches an expiry pushed out in the record and the column together.
+    asked = parse_instant(record["mission_intent"]["mission_expiry"], "mission_expiry")
+    if parse_instant(record["mission_expiry"], "mission_expiry") > asked:
+        raise _Break(
+            f"mission {mission_id}: mission_expiry {record['mission_expiry']} is later than "
+            f"the {format_instant(asked)} its mission_intent asked for"
+        )
+
+
+def _instant(value: datetime | None) -> str | None:
+    return None if value is None else format_instant(value)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else f"'{value}'"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe(exc: Exception) -> str:
+    detail = str(exc)
+    if len(detail) > 200:
+        detail = detail[:197] + "..."
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -238,6 +538,6 @@ def _label(row: dict[str, Any]) -> str:
 def _recompute(row: dict[str, Any]) -> str | None:
     try:
         return compute_record_hash(row)
-    except (MissionError, TypeError, ValueError, AttributeError):
+    except Exception:
         # Content that no longer has a canonical form was altered just the same.
         return None

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,14 +15,18 @@ from sqlalchemy import Engine, select, text
 
 from missionbound import audit
 from missionbound.mission.anchors import authority_hash
-from missionbound.mission.lifecycle import Event, Role
-from missionbound.mission.record import MissionRecord
-from missionbound.store.lifecycle import transition
-from missionbound.store.models import AuditRecord
+from missionbound.mission.lifecycle import Event, Role, State
+from missionbound.mission.record import MissionRecord, new_mission_id
+from missionbound.store import missions
+from missionbound.store.gate import gate_derivation
+from missionbound.store.lifecycle import AUDIT_TRANSITION, transition
+from missionbound.store.models import AuditRecord, Mission, MissionHistory
 from missionbound.store.transactions import Store
 from tests.store.factories import ISSUER, T0
 
 CreateMission = Callable[..., MissionRecord]
+# The module itself: ``missionbound.audit.verify`` as an attribute is the function.
+verify_module = importlib.import_module("missionbound.audit.verify")
 
 
 @pytest.fixture
@@ -260,3 +265,407 @@ def test_verify_reads_through_a_callers_session(
 
 def test_an_empty_log_verifies(store: Store) -> None:
     assert audit.verify(store.engine) == audit.VerifyReport(True, 0, 0, None)
+
+
+# -- the columns gating reads (state, version, mission_expiry, ...) -------------------------
+
+
+def _revoked(store: Store, active_mission: CreateMission) -> MissionRecord:
+    """Created (audit record 1), approved (2), revoked (3): the Mission is at version 3."""
+    mission = active_mission()
+    with store.begin() as session:
+        transition(
+            session,
+            mission.mission_id,
+            Event.REVOKE,
+            roles={Role.SUBJECT},
+            actor={"role": "subject"},
+            reason="done",
+            now=T0 + timedelta(hours=1),
+        )
+    assert audit.verify(store.engine).ok
+    return mission
+
+
+def _sql(store: Store, statement: str, **params: Any) -> None:
+    with store.engine.begin() as connection:
+        connection.execute(text(statement), params)
+
+
+def test_a_revoked_mission_set_back_to_active_is_caught(
+    store: Store, active_mission: CreateMission
+) -> None:
+    mission = _revoked(store, active_mission)
+    _sql(store, "UPDATE missions SET state = 'active' WHERE mission_id = :m", m=mission.mission_id)
+    # What the tampering buys: the gate issues on a Mission that was revoked.
+    with store.begin() as session:
+        assert gate_derivation(session, mission.mission_id, now=T0 + timedelta(hours=2)) == 1
+    assert _report(store).first_break == (
+        f"mission {mission.mission_id}: stored state is 'active' but its last lifecycle "
+        "audit record (audit record 3) says 'revoked'"
+    )
+
+
+def test_a_state_rewound_with_a_forged_history_entry_is_still_caught(
+    store: Store, active_mission: CreateMission
+) -> None:
+    # The forger keeps history and version consistent; the log is what they cannot rewrite.
+    mission = _revoked(store, active_mission)
+    _sql(
+        store,
+        "UPDATE missions SET state = 'active', version = 4 WHERE mission_id = :m",
+        m=mission.mission_id,
+    )
+    with store.begin() as session:
+        session.add(
+            MissionHistory(
+                mission_id=mission.mission_id,
+                version=4,
+                from_state="revoked",
+                to_state="active",
+                event="resume",
+                actor={"role": "admin"},
+                reason=None,
+                committed_at=T0 + timedelta(hours=2),
+            )
+        )
+    assert _report(store).first_break == (
+        f"mission {mission.mission_id}: stored state is 'active' but its last lifecycle "
+        "audit record (audit record 3) says 'revoked'"
+    )
+
+
+def test_a_changed_version_is_caught(store: Store, active_mission: CreateMission) -> None:
+    mission = _revoked(store, active_mission)
+    _sql(store, "UPDATE missions SET version = 7 WHERE mission_id = :m", m=mission.mission_id)
+    assert _report(store).first_break == (
+        f"mission {mission.mission_id}: stored version is 7 but its last lifecycle audit "
+        "record (audit record 3) says 3"
+    )
+
+
+def test_a_changed_last_history_state_is_caught(
+    store: Store, active_mission: CreateMission
+) -> None:
+    mission = _revoked(store, active_mission)
+    _sql(
+        store,
+        "UPDATE mission_history SET to_state = 'active' WHERE mission_id = :m AND version = 3",
+        m=mission.mission_id,
+    )
+    assert _report(store).first_break == (
+        f"mission {mission.mission_id}: stored state is 'revoked' but its last lifecycle "
+        "history entry (version 3) says 'active'"
+    )
+
+
+def test_a_mission_expiry_pushed_out_is_caught(
+    store: Store, history: tuple[MissionRecord, MissionRecord]
+) -> None:
+    first, _ = history
+    _sql(
+        store,
+        "UPDATE missions SET mission_expiry = :t WHERE mission_id = :m",
+        t=datetime(2099, 1, 1, tzinfo=UTC).replace(tzinfo=None)
+        if store.engine.dialect.name == "sqlite"
+        else datetime(2099, 1, 1, tzinfo=UTC),
+        m=first.mission_id,
+    )
+    with store.read() as session:  # the column is what the gate and the clock read
+        stored = missions.get(session, first.mission_id)
+        assert stored is not None and stored.mission_expiry.year == 2099
+    assert _report(store).first_break == (
+        f"mission {first.mission_id}: the mission_expiry column ('2099-01-01T00:00:00Z') "
+        "differs from the record's mission_expiry ('2026-10-18T14:32:11Z')"
+    )
+
+
+def test_a_mission_expiry_pushed_out_in_the_record_too_is_caught(
+    store: Store, history: tuple[MissionRecord, MissionRecord]
+) -> None:
+    # Column and record moved together: the anchored intent still says when it ends.
+    first, _ = history
+    _sql(
+        store,
+        "UPDATE missions SET mission_expiry = :t WHERE mission_id = :m",
+        t=datetime(2099, 1, 1, tzinfo=UTC).replace(tzinfo=None)
+        if store.engine.dialect.name == "sqlite"
+        else datetime(2099, 1, 1, tzinfo=UTC),
+        m=first.mission_id,
+    )
+    record = json.loads(
+        _raw_json(store.engine, "missions", "record", "mission_id", first.mission_id)
+    )
+    record["mission_expiry"] = "2099-01-01T00:00:00Z"
+    _write_json(
+        store.engine, "missions", "record", "mission_id", first.mission_id, json.dumps(record)
+    )
+    assert _report(store).first_break == (
+        f"mission {first.mission_id}: mission_expiry 2099-01-01T00:00:00Z is later than "
+        "the 2026-10-18T14:32:11Z its mission_intent asked for"
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "forged", "shown", "member"),
+    [
+        ("subject_sub", "'mallory'", "'mallory'", "'alice'"),
+        ("client_id", "'other-agent'", "'other-agent'", "'demo-agent'"),
+        ("approval_event_id", "'ape_forged'", "'ape_forged'", None),
+        ("activated_at", "NULL", "None", "'2026-10-15T14:33:11Z'"),
+    ],
+)
+def test_a_filter_column_moved_away_from_the_record_is_caught(
+    store: Store,
+    history: tuple[MissionRecord, MissionRecord],
+    column: str,
+    forged: str,
+    shown: str,
+    member: str | None,
+) -> None:
+    _, second = history
+    if member is None:
+        member = repr(second.approval_event_id)
+    _sql(store, f"UPDATE missions SET {column} = {forged} WHERE mission_id = :m",
+         m=second.mission_id)  # fmt: skip
+    assert _report(store).first_break == (
+        f"mission {second.mission_id}: the {column} column ({shown}) differs from the "
+        f"record's {column} ({member})"
+    )
+
+
+def test_a_changed_policy_version_is_caught(
+    store: Store, history: tuple[MissionRecord, MissionRecord]
+) -> None:
+    first, _ = history
+    record = json.loads(
+        _raw_json(store.engine, "missions", "record", "mission_id", first.mission_id)
+    )
+    record["policy_version"] = "deploy-policy:lenient"
+    _write_json(
+        store.engine, "missions", "record", "mission_id", first.mission_id, json.dumps(record)
+    )
+    assert _report(store).first_break == (
+        f"mission {first.mission_id}: stored policy_version 'deploy-policy:lenient' differs "
+        "from the one committed by audit record 7"
+    )
+
+
+def test_a_changed_created_at_is_caught(store: Store, create_mission: CreateMission) -> None:
+    mission = create_mission()
+    earlier = T0 - timedelta(days=1)
+    _sql(
+        store,
+        "UPDATE missions SET created_at = :t WHERE mission_id = :m",
+        t=earlier.replace(tzinfo=None) if store.engine.dialect.name == "sqlite" else earlier,
+        m=mission.mission_id,
+    )
+    assert _report(store).first_break == (
+        f"mission {mission.mission_id}: the created_at column ('2026-10-14T14:32:11Z') "
+        "differs from the record's created_at ('2026-10-15T14:32:11Z')"
+    )
+
+
+def test_a_record_swapped_with_another_missions_is_caught(
+    store: Store, history: tuple[MissionRecord, MissionRecord]
+) -> None:
+    first, second = history
+    raw = _raw_json(store.engine, "missions", "record", "mission_id", first.mission_id)
+    _write_json(store.engine, "missions", "record", "mission_id", second.mission_id, raw)
+    # Reported at the first Mission in id order that is broken: the one holding the copy.
+    assert _report(store).first_break == (
+        f"mission {second.mission_id}: the stored record is that of mission '{first.mission_id}'"
+    )
+
+
+def test_a_mission_without_its_created_record_is_caught(
+    store: Store, history: tuple[MissionRecord, MissionRecord]
+) -> None:
+    # A Mission inserted straight into the tables, history and all: the log never saw it.
+    first, _ = history
+    forged_id = new_mission_id()
+    record = json.loads(_raw_json(store.engine, "missions", "record", "mission_id",
+                                  first.mission_id))  # fmt: skip
+    record.update(mission_id=forged_id, approval_event_id=None, activated_at=None)
+    for name in ("approver", "proposal_hash", "consent_rendering_hash", "authority_hash",
+                 "consent_disclosure"):  # fmt: skip
+        record[name] = None
+    with store.begin() as session:
+        session.add(
+            Mission(
+                mission_id=forged_id,
+                state="pending_approval",
+                version=1,
+                record=record,
+                subject_sub="alice",
+                client_id="demo-agent",
+                created_at=T0,
+                mission_expiry=T0 + timedelta(days=3),
+                activated_at=None,
+                approval_event_id=None,
+            )
+        )
+        session.flush()
+        session.add(
+            MissionHistory(
+                mission_id=forged_id,
+                version=1,
+                from_state=None,
+                to_state="pending_approval",
+                event="submit",
+                actor=None,
+                reason=None,
+                committed_at=T0,
+            )
+        )
+    assert _report(store).first_break == f"mission {forged_id} has no mission.created audit record"
+
+
+def test_a_deleted_mission_row_is_caught(
+    store: Store, history: tuple[MissionRecord, MissionRecord]
+) -> None:
+    _, second = history
+    for table in ("mission_history", "derivation_counters", "missions"):
+        _sql(store, f"DELETE FROM {table} WHERE mission_id = :m", m=second.mission_id)
+    report = _report(store)
+    assert report.first_break == (
+        f"audit record 3 (mission {second.mission_id}) records the creation of a Mission "
+        "that is not stored (its row was deleted)"
+    )
+    assert report.missions_checked == 1
+
+
+def test_the_lifecycle_event_names_are_the_ones_the_store_writes() -> None:
+    assert verify_module.CREATED_EVENT == missions.AUDIT_CREATED
+    assert {missions.AUDIT_CREATED, AUDIT_TRANSITION} == verify_module.LIFECYCLE_EVENTS
+
+
+def test_missions_in_every_state_with_sub_second_times_verify(
+    store: Store, create_mission: CreateMission, active_mission: CreateMission
+) -> None:
+    # Columns keep microseconds, the record whole seconds: no false break.
+    now = datetime.now(UTC)
+    create_mission(created_at=now)
+    active_mission(created_at=now - timedelta(seconds=30, microseconds=123))
+    lapsed = active_mission(created_at=now - timedelta(hours=2), lifetime=timedelta(hours=1))
+    rejected = create_mission(created_at=now)
+    with store.begin() as session:
+        transition(session, rejected.mission_id, Event.REJECT, roles={Role.APPROVER},
+                   actor={"role": "approver"}, reason=None, now=now)  # fmt: skip
+        missions.expire_due(session, now)
+    with store.read() as session:
+        expired = missions.get(session, lapsed.mission_id)
+        assert expired is not None and expired.state is State.EXPIRED
+    assert audit.verify(store.engine) == audit.VerifyReport(True, 8, 4, None)
+
+
+# -- content that cannot be read is a named break, never a traceback -----------------------
+
+
+def test_an_anchor_that_is_not_a_string_is_named(
+    store: Store, history: tuple[MissionRecord, MissionRecord]
+) -> None:
+    first, _ = history
+    record = json.loads(
+        _raw_json(store.engine, "missions", "record", "mission_id", first.mission_id)
+    )
+    record["authority_hash"] = 5
+    _write_json(
+        store.engine, "missions", "record", "mission_id", first.mission_id, json.dumps(record)
+    )
+    assert _report(store).first_break == (
+        f"record of {first.mission_id} cannot be read: authority_hash is 5, not a string"
+    )
+
+
+def test_any_exception_while_checking_a_mission_is_named(
+    store: Store, history: tuple[MissionRecord, MissionRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = history
+    failing = min(first.mission_id, second.mission_id)
+
+    def find_anchor_mismatch(record: dict[str, Any]) -> str | None:
+        if record["mission_id"] == failing:
+            raise AttributeError("'int' object has no attribute 'startswith'")
+        return None
+
+    monkeypatch.setattr(verify_module, "find_anchor_mismatch", find_anchor_mismatch)
+    report = _report(store)
+    assert report.first_break == (
+        f"record of {failing} cannot be read: AttributeError: 'int' object has no "
+        "attribute 'startswith'"
+    )
+    assert report.missions_checked == 0
+
+
+def test_a_member_of_the_wrong_type_is_named(
+    store: Store, history: tuple[MissionRecord, MissionRecord]
+) -> None:
+    _, second = history
+    record = json.loads(
+        _raw_json(store.engine, "missions", "record", "mission_id", second.mission_id)
+    )
+    record["subject"] = "alice"
+    _write_json(
+        store.engine, "missions", "record", "mission_id", second.mission_id, json.dumps(record)
+    )
+    assert re.fullmatch(
+        rf"record of {second.mission_id} cannot be read: TypeError: .+",
+        _report(store).first_break or "",
+    )
+
+
+@pytest.mark.parametrize("raw", ["[1, 2]", '"text"', "42"])
+def test_a_record_that_is_not_a_json_object_is_named(
+    store: Store, history: tuple[MissionRecord, MissionRecord], raw: str
+) -> None:
+    first, _ = history
+    _write_json(store.engine, "missions", "record", "mission_id", first.mission_id, raw)
+    assert _report(store).first_break == (
+        f"record of {first.mission_id} cannot be read: not a JSON object"
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # PostgreSQL refuses these
+def test_undecodable_stored_values_are_named(
+    store: Store, history: tuple[MissionRecord, MissionRecord]
+) -> None:
+    first, _ = history
+    _sql(store, "UPDATE missions SET record = '{\"origin\":' WHERE mission_id = :m",
+         m=first.mission_id)  # fmt: skip
+    assert re.fullmatch(
+        rf"record of {first.mission_id} cannot be read: not JSON \(.+\)",
+        _report(store).first_break or "",
+    )
+    _sql(store, "UPDATE missions SET mission_expiry = 'never' WHERE mission_id = :m",
+         m=first.mission_id)  # fmt: skip
+    assert _report(store).first_break == (
+        f"record of {first.mission_id} cannot be read: ValueError: Invalid isoformat "
+        "string: 'never'"
+    )
+    _sql(store, "UPDATE audit_records SET data = '{' WHERE seq = 3")
+    assert re.fullmatch(
+        r"audit record 3 cannot be read: JSONDecodeError: .+",
+        _report(store).first_break or "",
+    )
+
+
+def test_a_member_rewritten_with_its_column_is_caught_by_the_record_digest(
+    store: Store, history: tuple[MissionRecord, MissionRecord]
+) -> None:
+    # subject moved to mallory in the record and in the filter column together: nothing but
+    # the record digest committed by the last lifecycle audit record can tell.
+    first, _ = history
+    record = json.loads(
+        _raw_json(store.engine, "missions", "record", "mission_id", first.mission_id)
+    )
+    record["subject"] = {**record["subject"], "sub": "mallory"}
+    _write_json(
+        store.engine, "missions", "record", "mission_id", first.mission_id, json.dumps(record)
+    )
+    _sql(store, "UPDATE missions SET subject_sub = 'mallory' WHERE mission_id = :m",
+         m=first.mission_id)
+    report = _report(store)
+    assert report.first_break is not None
+    assert report.first_break.startswith(f"mission {first.mission_id}: stored record does not "
+                                         "match the record_digest committed by audit record")
