@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from missionbound import audit
@@ -158,6 +158,19 @@ def expire_if_due(
     return settle_clock(session, lock_mission(session, mission_id), now=now, policy=policy)
 
 
+def due_for_expiry(now: datetime, policy: LifecyclePolicy = DEFAULT_POLICY) -> ColumnElement[bool]:
+    """The SQL condition of a Mission the clock has expired but the store has not (section 7):
+    live past ``mission_expiry``, or pending past the consent window. Candidates only:
+    :func:`expire_if_due` decides under the row lock."""
+    return or_(
+        and_(Mission.state.in_(_LIVE_STATES), Mission.mission_expiry <= now),
+        and_(
+            Mission.state == State.PENDING_APPROVAL.value,
+            Mission.created_at <= now - policy.consent_window,
+        ),
+    )
+
+
 def expire_due(
     session: Session,
     now: datetime,
@@ -169,14 +182,7 @@ def expire_due(
     many moved. Missions another transaction holds are skipped (PostgreSQL ``SKIP
     LOCKED``): that transaction settles the clock itself, or the next sweep does."""
     require_aware(now, "now")
-    consent_cutoff = now - policy.consent_window
-    due = or_(
-        and_(Mission.state.in_(_LIVE_STATES), Mission.mission_expiry <= now),
-        and_(
-            Mission.state == State.PENDING_APPROVAL.value,
-            Mission.created_at <= consent_cutoff,
-        ),
-    )
+    due = due_for_expiry(now, policy)
     # Lock every due row up front, before the first audit append takes the chain head:
     # taking Mission locks after the head could deadlock with a derivation in flight.
     mission_ids = session.scalars(
@@ -258,7 +264,10 @@ def write_lifecycle_traces(
     now: datetime,
     audit_event: str = AUDIT_TRANSITION,
 ) -> None:
-    """The audit record and the outbox event of one committed lifecycle event."""
+    """The audit record and the outbox event of one committed lifecycle event. The audit
+    record commits to the digest of the Mission's stored record as it stands after the event,
+    so ``audit verify`` can prove no member (subject, client, narrowing decisions, ...) was
+    rewritten afterwards, even with the filter columns rewritten to match."""
     record = row.record
     audit.append(
         session,
@@ -273,6 +282,7 @@ def write_lifecycle_traces(
             "state": state,
             "version": version,
             "reason": reason,
+            "record_digest": digest_json(record),
         },
         at=now,
     )

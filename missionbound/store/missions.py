@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from missionbound.mission.anchors import Anchors, compute_anchors
+from missionbound.mission.canonical import canonicalize
 from missionbound.mission.errors import ConcurrentModification, InvalidRequest
 from missionbound.mission.lifecycle import (
     DEFAULT_POLICY,
@@ -196,11 +197,16 @@ def approve(
     active`` through the lifecycle (history, audit with the anchors, outbox), in the
     caller's transaction (which also issues the code).
 
+    ``authority_set`` must equal the Authority Set derived at PAR and stored in the pending
+    record (``record.authority_set``, compared as canonical JSON): the Approver grants what
+    the consent page showed, or rejects. Approver-side narrowing (granting a subset) is not
+    supported yet; any other set is an :class:`InvalidRequest` and nothing is written.
+
     Idempotent on ``approval_event_id``: replaying the same approval returns the Mission
     unchanged and writes nothing. A different approval of an already approved Mission is a
     409 :class:`ConcurrentModification`; an ``approval_event_id`` already used by another
-    Mission, or ``anchors`` that do not commit to the given members, an
-    :class:`InvalidRequest`.
+    Mission, an ``authority_set`` other than the derived one, or ``anchors`` that do not
+    commit to the given members, an :class:`InvalidRequest`.
     """
     check_mission_id(mission_id)
     _check_approval_inputs(
@@ -267,8 +273,10 @@ def _approval_members(
     policy_version: str,
     now: datetime,
 ) -> dict[str, Any]:
-    """The members approval fills, after checking that the anchors commit to them: the
-    store never keeps an anchor an auditor could not recompute (section 5)."""
+    """The members approval fills, after checking that the approved Authority Set is the
+    one derived at PAR and that the anchors commit to them: the store never keeps an
+    anchor an auditor could not recompute (section 5)."""
+    _check_derived_authority(stored, authority_set)
     given = anchors.as_dict() if isinstance(anchors, Anchors) else dict(anchors)
     expected = compute_anchors(
         stored["origin"],
@@ -292,6 +300,17 @@ def _approval_members(
         "approval_event_id": approval_event_id,
         "activated_at": format_instant(now),
     }
+
+
+def _check_derived_authority(stored: dict[str, Any], authority_set: list[Any]) -> None:
+    """Approver-side narrowing is not supported yet: the approved set must be exactly the
+    derived one. Compared canonically (RFC 8785), so ``1`` never passes for ``true``."""
+    derived = stored.get("authority_set")
+    if not isinstance(derived, list) or canonicalize(authority_set) != canonicalize(derived):
+        raise InvalidRequest(
+            "authority_set must equal the Authority Set derived at PAR "
+            "(approver-side narrowing is not supported)"
+        )
 
 
 def _check_approval_inputs(

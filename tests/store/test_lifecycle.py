@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select, text
 
+from missionbound.mission.canonical import digest_json
 from missionbound.mission.errors import (
     ConcurrentModification,
     InvalidRequest,
@@ -19,7 +20,7 @@ from missionbound.mission.lifecycle import TRANSITIONS, Event, Role, State
 from missionbound.mission.record import MissionRecord
 from missionbound.store import missions
 from missionbound.store.lifecycle import expire_due, transition
-from missionbound.store.models import AuditRecord, OutboxEvent
+from missionbound.store.models import AuditRecord, Mission, OutboxEvent
 from missionbound.store.transactions import Store
 from tests.store.factories import ISSUER, T0, Traces, count_traces, make_approval
 
@@ -98,6 +99,7 @@ def test_every_legal_transition_commits_with_its_traces(
         stored = missions.get(session, before.mission_id)
         traces = count_traces(session, before.mission_id)
         audit = session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
+        stored_record = session.get(Mission, before.mission_id).record  # type: ignore[union-attr]
         outbox = session.scalars(select(OutboxEvent).order_by(OutboxEvent.id.desc())).first()
     assert stored is not None and audit is not None and outbox is not None
     assert (stored.state, stored.version) == (target, before.version + 1)
@@ -119,6 +121,7 @@ def test_every_legal_transition_commits_with_its_traces(
         "state": target.value,
         "version": before.version + 1,
         "reason": "because",
+        "record_digest": digest_json(stored_record),
     }
     assert outbox.payload == {
         "mission": {"id": before.mission_id, "origin": ISSUER},

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from missionbound.mission.anchors import find_anchor_mismatch
+from missionbound.mission.anchors import compute_anchors, find_anchor_mismatch
+from missionbound.mission.canonical import digest_json
 from missionbound.mission.errors import ConcurrentModification, InvalidRequest
 from missionbound.mission.lifecycle import Event, State
 from missionbound.mission.record import MissionRecord
 from missionbound.store import missions
-from missionbound.store.models import AuditRecord, MissionHistory, OutboxEvent
+from missionbound.store.models import AuditRecord, Mission, MissionHistory, OutboxEvent
 from missionbound.store.outbox import LIFECYCLE_TOPIC
 from missionbound.store.transactions import Store
 from tests.store.factories import (
@@ -166,6 +167,7 @@ def test_approve_fills_the_approval_members_and_activates(
         stored = missions.get(session, record.mission_id)
         traces = count_traces(session, record.mission_id)
         audit = session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
+        stored_record = session.get(Mission, record.mission_id).record  # type: ignore[union-attr]
         event = session.scalars(select(OutboxEvent).order_by(OutboxEvent.id.desc())).first()
     assert stored is not None and audit is not None and event is not None
     assert result.record == stored
@@ -191,6 +193,7 @@ def test_approve_fills_the_approval_members_and_activates(
         "state": "active",
         "version": 2,
         "reason": None,
+        "record_digest": digest_json(stored_record),
     }
     assert (event.payload["state"], event.payload["prior_state"], event.payload["version"]) == (
         "active",
@@ -295,3 +298,69 @@ def test_approval_after_the_consent_window_is_refused_and_the_expiry_is_kept(
     assert stored.approval_event_id is None
     assert stored.lifecycle_history[-1]["event"] == Event.EXPIRE.value
     assert stored.lifecycle_history[-1]["reason"] == "consent window lapsed without approval"
+
+
+def _narrowed(authority: list[Any]) -> list[Any]:
+    return [dict(authority[0], actions=["invoices.read"])]
+
+
+def _widened(authority: list[Any]) -> list[Any]:
+    return [dict(authority[0], actions=[*authority[0]["actions"], "payments.execute"])]
+
+
+def _emptied(authority: list[Any]) -> list[Any]:
+    return []
+
+
+def _retyped(authority: list[Any]) -> list[Any]:
+    # The derived entry says max_calls 1; True == 1 in Python but not in JSON.
+    return [dict(authority[0], constraints={"max_calls": True})]
+
+
+@pytest.mark.parametrize("change", [_narrowed, _widened, _emptied, _retyped])
+def test_approve_refuses_an_authority_set_other_than_the_derived_one(
+    store: Store, change: Callable[[list[Any]], list[Any]]
+) -> None:
+    derived = [dict(make_record().authority_set[0], constraints={"max_calls": 1})]
+    record = dataclasses.replace(make_record(), authority_set=derived)
+    with store.begin() as session:
+        missions.create_pending(session, record, CLIENT_ACTOR, T0)
+    approval = make_approval(record)
+    granted = change(derived)
+    # Anchors consistent with what is passed: only the equality with PAR can refuse it.
+    anchors = compute_anchors(
+        record.origin,
+        mission_intent=record.mission_intent,
+        authorization_details_requested=record.authorization_details_requested,
+        consent_disclosure=approval.consent_disclosure,
+        authority_set=granted,
+    )
+    with pytest.raises(InvalidRequest, match="derived at PAR"), store.begin() as session:
+        missions.approve(
+            session,
+            record.mission_id,
+            now=T0 + timedelta(minutes=1),
+            **{**approval.kwargs(), "authority_set": granted, "anchors": anchors},
+        )
+    with store.read() as session:
+        after = missions.get(session, record.mission_id)
+        assert count_traces(session, record.mission_id) == Traces(1, 1, 1)
+    assert after is not None and after.state is State.PENDING_APPROVAL
+    assert after.authority_set == derived and after.authority_hash is None
+
+
+def test_approve_accepts_the_derived_set_whatever_its_key_order(
+    store: Store, create_mission: CreateMission
+) -> None:
+    record = create_mission()
+    approval = make_approval(record)
+    reordered = [dict(reversed(list(entry.items()))) for entry in record.authority_set]
+    with store.begin() as session:
+        result = missions.approve(
+            session,
+            record.mission_id,
+            now=T0 + timedelta(minutes=1),
+            **{**approval.kwargs(), "authority_set": reordered},
+        )
+    assert result.record.state is State.ACTIVE
+    assert result.record.authority_hash == approval.anchors.authority_hash
