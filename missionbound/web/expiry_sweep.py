@@ -3,35 +3,98 @@
 Expiry is clock-first everywhere (an expired Mission never permits anything, whatever is
 stored), so the sweep is about the record and its traces: it persists ``expired`` with its
 history row, audit record and outbox event for Missions nobody touched since they lapsed.
-Several replicas may sweep at once: rows another transaction holds are skipped.
+
+Each due Mission is expired in its own transaction, so one Mission whose expiry cannot be
+written (a corrupted record, a conflicting history row) is logged with its id and skipped
+while every other due Mission still expires; it is tried again at the next tick. Several
+replicas may sweep at once: a Mission another transaction holds is skipped (PostgreSQL
+``SKIP LOCKED``), and :func:`~missionbound.store.lifecycle.expire_if_due` re-checks
+everything under the row lock, so a Mission is never expired twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from missionbound.mission.lifecycle import LifecyclePolicy
-from missionbound.store.lifecycle import expire_due
+from missionbound.store.lifecycle import due_for_expiry, expire_if_due
+from missionbound.store.models import Mission
 from missionbound.store.transactions import Store
+from missionbound.store.validation import require_aware
 
 log = structlog.get_logger("missionbound.expiry_sweep")
-BATCH = 500  # Missions per transaction, so one sweep never holds the write lock for long
+BATCH = 500  # due Missions read per query; each is then expired in its own transaction
 
 
 def sweep_once(store: Store, now: datetime, policy: LifecyclePolicy) -> int:
-    """Expire every due Mission, a batch per transaction; return how many moved."""
+    """Expire every due Mission, each in its own transaction; return how many moved.
+
+    A Mission whose expiry raises is logged (``mission_expiry_failed`` with its
+    ``mission_id``) and skipped. An :class:`~sqlalchemy.exc.OperationalError` (the database
+    is away, a lock timeout, a deadlock) or a lost connection is not about one Mission: it ends
+    the sweep and is raised, for the caller to log once and retry at the next tick.
+    """
+    require_aware(now, "now")
     total = 0
+    after: str | None = None
     while True:
-        with store.begin() as session:
-            moved = expire_due(session, now, policy=policy, limit=BATCH)
-        total += moved
-        if moved < BATCH:
+        due = _due_ids(store, now, policy, after)
+        for mission_id in due:
+            if _expire_one(store, mission_id, now, policy):
+                total += 1
+        if len(due) < BATCH:
             return total
+        after = due[-1]
+
+
+def _due_ids(
+    store: Store, now: datetime, policy: LifecyclePolicy, after: str | None
+) -> Sequence[str]:
+    """The next due Missions in ``mission_id`` order (candidates: ``expire_if_due`` decides
+    under the row lock). Paging by id, not offset: a Mission that failed is not read again in
+    this sweep, and one that expired leaves the due set without shifting the pages."""
+    statement = select(Mission.mission_id).where(due_for_expiry(now, policy))
+    if after is not None:
+        statement = statement.where(Mission.mission_id > after)
+    with store.read() as session, session.begin():
+        return session.scalars(statement.order_by(Mission.mission_id).limit(BATCH)).all()
+
+
+def _expire_one(store: Store, mission_id: str, now: datetime, policy: LifecyclePolicy) -> bool:
+    """Expire one Mission in its own transaction; False when it was not due any more, is
+    held by another transaction, or failed (logged)."""
+    try:
+        # A plain session, not Store.begin(): a failed expiry must not be retried "after the
+        # rollback" right away; the next tick is the retry.
+        with store.session() as session, session.begin():
+            locked = session.scalar(
+                select(Mission.mission_id)
+                .where(Mission.mission_id == mission_id)
+                .with_for_update(skip_locked=True)
+            )
+            if locked is None:  # held by another writer, which settles the clock itself
+                return False
+            return expire_if_due(session, mission_id, now=now, policy=policy) is not None
+    except DBAPIError as exc:
+        if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            raise  # the database, not this Mission: end the sweep
+        _log_failure(mission_id, exc)
+        return False
+    except Exception as exc:
+        _log_failure(mission_id, exc)
+        return False
+
+
+def _log_failure(mission_id: str, exc: Exception) -> None:
+    log.warning(
+        "mission_expiry_failed", mission_id=mission_id, error=type(exc).__name__, detail=str(exc)
+    )
 
 
 async def sweep_periodically(
