@@ -27,11 +27,9 @@ Errors of the database itself (:class:`~sqlalchemy.exc.SQLAlchemyError`) are rai
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, Text, and_, cast, func, select
@@ -39,10 +37,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from missionbound.audit.log import ANCHOR_NAMES, CHAIN_HEAD_ID, compute_record_hash
+from missionbound.audit.mission_checks import (
+    Break,
+    HistoryTail,
+    MissionChain,
+    MissionRow,
+    check_copied_columns,
+    check_lifecycle,
+    check_policy_version,
+    check_record_digest,
+    record_of,
+)
 from missionbound.mission.anchors import find_anchor_mismatch
-from missionbound.mission.canonical import digest_json
-from missionbound.mission.intent import parse_instant
-from missionbound.mission.record import format_instant
 from missionbound.store.engine import is_postgresql, read_only_engine
 from missionbound.store.models import AuditChainHead, AuditRecord, Mission, MissionHistory
 
@@ -77,43 +83,12 @@ _MISSION_COLUMNS = (
 )
 
 
-# A row of _MISSION_COLUMNS (attribute access by column name).
-_MissionRow = Any
-
-
 @dataclass(frozen=True)
 class VerifyReport:
     ok: bool
     records_checked: int
     missions_checked: int
     first_break: str | None
-
-
-class _Break(Exception):
-    def __init__(self, description: str) -> None:
-        super().__init__(description)
-        self.description = description
-
-
-@dataclass
-class _MissionChain:
-    last_seq: int
-    last_hash: str
-    # The anchors last committed to the log for this Mission, and the record that did.
-    anchors: dict[str, str] | None = None
-    anchors_seq: int | None = None
-    # The Mission's mission.created record, and its last lifecycle record with its data.
-    created_seq: int | None = None
-    lifecycle_seq: int | None = None
-    lifecycle_data: Any = None
-    lifecycle_policy_version: str | None = None
-
-
-@dataclass(frozen=True)
-class _HistoryTail:
-    entries: int
-    highest: int
-    to_state: str
 
 
 @dataclass(frozen=True)
@@ -156,13 +131,13 @@ class _Verifier:
         self.session = session
         self.records_checked = 0
         self.missions_checked = 0
-        self.chains: dict[str, _MissionChain] = {}
+        self.chains: dict[str, MissionChain] = {}
 
     def run(self) -> VerifyReport:
         try:
             self._check_log()
             self._check_missions()
-        except _Break as failure:
+        except Break as failure:
             return VerifyReport(
                 False, self.records_checked, self.missions_checked, failure.description
             )
@@ -183,17 +158,17 @@ class _Verifier:
                         if seq == expected_seq + 1
                         else f"records {expected_seq} to {seq - 1}"
                     )
-                    raise _Break(
+                    raise Break(
                         f"audit {missing} missing: the log jumps from record "
                         f"{expected_seq - 1} to record {seq}"
                     )
-                raise _Break(f"{label}: out of sequence (expected record {expected_seq})")
+                raise Break(f"{label}: out of sequence (expected record {expected_seq})")
             if isinstance(row, _Unreadable):
-                raise _Break(f"{label} cannot be read: {_describe(row.error)}")
+                raise Break(f"{label} cannot be read: {_describe(row.error)}")
             if _recompute(row) != row["record_hash"]:
-                raise _Break(f"{label}: record_hash does not match its content")
+                raise Break(f"{label}: record_hash does not match its content")
             if row["prev_hash"] != previous_hash:
-                raise _Break(f"{label}: prev_hash does not link to audit record {seq - 1}")
+                raise Break(f"{label}: prev_hash does not link to audit record {seq - 1}")
             self._check_mission_link(row, label)
             previous_hash = row["record_hash"]
             expected_seq += 1
@@ -244,22 +219,22 @@ class _Verifier:
         mission_id = row["mission_id"]
         if mission_id is None:
             if row["mission_seq"] is not None or row["mission_prev_hash"] is not None:
-                raise _Break(f"{label}: mission_seq set on a record without a Mission")
+                raise Break(f"{label}: mission_seq set on a record without a Mission")
             return
         chain = self.chains.get(mission_id)
         expected_seq = 1 if chain is None else chain.last_seq + 1
         expected_prev = None if chain is None else chain.last_hash
         if row["mission_seq"] != expected_seq:
-            raise _Break(
+            raise Break(
                 f"{label}: mission_seq is {row['mission_seq']}, expected "
                 f"{expected_seq} (a record of this Mission is missing)"
             )
         if row["mission_prev_hash"] != expected_prev:
-            raise _Break(
+            raise Break(
                 f"{label}: mission_prev_hash does not link to the Mission's previous record"
             )
         if chain is None:
-            chain = self.chains[mission_id] = _MissionChain(0, "")
+            chain = self.chains[mission_id] = MissionChain(0, "")
         chain.last_seq = expected_seq
         chain.last_hash = row["record_hash"]
         anchors = {name: row[name] for name in ANCHOR_NAMES if row[name] is not None}
@@ -281,12 +256,12 @@ class _Verifier:
         ).first()
         head_seq, head_hash = (0, None) if head is None else (head.last_seq, head.last_hash)
         if head_seq != last_seq:
-            raise _Break(
+            raise Break(
                 f"audit chain head names record {head_seq} but the log ends at "
                 f"record {last_seq} (records were removed from its end)"
             )
         if head_hash != last_hash:
-            raise _Break(f"audit chain head hash does not match audit record {last_seq}")
+            raise Break(f"audit chain head hash does not match audit record {last_seq}")
 
     # -- 3 and 4: the Missions -------------------------------------------------------------
 
@@ -297,43 +272,43 @@ class _Verifier:
             mission_id = row.mission_id
             stored.add(mission_id)
             if isinstance(row, _Unreadable):
-                raise _Break(f"record of {mission_id} cannot be read: {_describe(row.error)}")
+                raise Break(f"record of {mission_id} cannot be read: {_describe(row.error)}")
             try:
                 self._check_mission(row, history.get(mission_id))
-            except _Break:
+            except Break:
                 raise
             except Exception as exc:
                 # Whatever the stored content makes the checks trip over (a member of the
                 # wrong type, an anchor the core cannot parse) is a break of this Mission.
-                raise _Break(f"record of {mission_id} cannot be read: {_describe(exc)}") from None
+                raise Break(f"record of {mission_id} cannot be read: {_describe(exc)}") from None
             self.missions_checked += 1
         for mission_id, chain in sorted(self.chains.items()):
             if chain.created_seq is not None and mission_id not in stored:
-                raise _Break(
+                raise Break(
                     f"audit record {chain.created_seq} (mission {mission_id}) records the "
                     "creation of a Mission that is not stored (its row was deleted)"
                 )
 
-    def _check_mission(self, row: _MissionRow, tail: _HistoryTail | None) -> None:
+    def _check_mission(self, row: MissionRow, tail: HistoryTail | None) -> None:
         mission_id = row.mission_id
-        record = _record_of(row)
+        record = record_of(row)
         self._check_anchors(mission_id, record)
         chain = self.chains.get(mission_id)
         if chain is None or chain.created_seq is None:
-            raise _Break(f"mission {mission_id} has no mission.created audit record")
-        _check_lifecycle(mission_id, row, chain, tail)
-        _check_policy_version(mission_id, record, chain)
-        _check_copied_columns(mission_id, row, record)
+            raise Break(f"mission {mission_id} has no mission.created audit record")
+        check_lifecycle(mission_id, row, chain, tail)
+        check_policy_version(mission_id, record, chain)
+        check_copied_columns(mission_id, row, record)
         # Last: the most general check, after the ones that can say precisely what moved.
-        _check_record_digest(mission_id, record, chain)
+        check_record_digest(mission_id, record, chain)
 
-    def _mission_rows(self) -> Iterator[_MissionRow | _Unreadable]:
+    def _mission_rows(self) -> Iterator[MissionRow | _Unreadable]:
         """Every Mission row in ``mission_id`` order, a batch per query. A batch the driver
         cannot decode is read again row by row, so the unreadable Mission is named."""
         after: str | None = None
         while True:
             try:
-                batch: list[_MissionRow | _Unreadable] = list(
+                batch: list[MissionRow | _Unreadable] = list(
                     self.session.execute(_page(after, *_MISSION_COLUMNS)).all()
                 )
             except SQLAlchemyError:
@@ -345,8 +320,8 @@ class _Verifier:
                 return
             after = batch[-1].mission_id
 
-    def _one_by_one(self, after: str | None) -> list[_MissionRow | _Unreadable]:
-        rows: list[_MissionRow | _Unreadable] = []
+    def _one_by_one(self, after: str | None) -> list[MissionRow | _Unreadable]:
+        rows: list[MissionRow | _Unreadable] = []
         for mission_id in self.session.scalars(_page(after, Mission.mission_id)):
             statement = select(*_MISSION_COLUMNS).where(Mission.mission_id == mission_id)
             try:
@@ -360,7 +335,7 @@ class _Verifier:
     def _check_anchors(self, mission_id: str, record: dict[str, Any]) -> None:
         mismatch = find_anchor_mismatch(record)
         if mismatch is not None:
-            raise _Break(
+            raise Break(
                 f"mission {mission_id}: {mismatch} does not match the stored "
                 f"{_ANCHORED_MEMBERS[mismatch]}"
             )
@@ -369,12 +344,12 @@ class _Verifier:
             return
         for name, committed in chain.anchors.items():
             if record.get(name) != committed:
-                raise _Break(
+                raise Break(
                     f"mission {mission_id}: stored {name} differs from the one "
                     f"committed by audit record {chain.anchors_seq}"
                 )
 
-    def _history_tails(self) -> dict[str, _HistoryTail]:
+    def _history_tails(self) -> dict[str, HistoryTail]:
         """Per Mission: how many history entries, the highest version, and the state the
         entry of that version moved to."""
         summary = (
@@ -398,7 +373,7 @@ class _Verifier:
             )
         )
         return {
-            mission_id: _HistoryTail(entries, highest, to_state)
+            mission_id: HistoryTail(entries, highest, to_state)
             for mission_id, entries, highest, to_state in rows
         }
 
@@ -408,119 +383,6 @@ def _page(after: str | None, *columns: Any) -> Any:
     if after is not None:
         statement = statement.where(Mission.mission_id > after)
     return statement
-
-
-def _record_of(row: _MissionRow) -> dict[str, Any]:
-    """The stored record, parsed; raises (and so names the Mission) when it is not a JSON
-    object whose anchors are strings."""
-    mission_id = row.mission_id
-    try:
-        record = json.loads(row.record)
-    except (TypeError, ValueError) as exc:
-        raise _Break(f"record of {mission_id} cannot be read: not JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise _Break(f"record of {mission_id} cannot be read: not a JSON object")
-    for name in ANCHOR_NAMES:
-        value = record.get(name)
-        if value is not None and not isinstance(value, str):
-            raise _Break(
-                f"record of {mission_id} cannot be read: {name} is {_shown(value)}, not a string"
-            )
-    if record.get("mission_id") != mission_id:
-        raise _Break(
-            f"mission {mission_id}: the stored record is that of mission "
-            f"{_shown(record.get('mission_id'))}"
-        )
-    return record
-
-
-def _check_lifecycle(
-    mission_id: str, row: _MissionRow, chain: _MissionChain, tail: _HistoryTail | None
-) -> None:
-    """The columns the gate reads, against the log (authenticated) and then the history."""
-    data = chain.lifecycle_data if isinstance(chain.lifecycle_data, dict) else {}
-    logged = f"its last lifecycle audit record (audit record {chain.lifecycle_seq})"
-    if row.state != data.get("state"):
-        raise _Break(
-            f"mission {mission_id}: stored state is {_shown(row.state)} but {logged} "
-            f"says {_shown(data.get('state'))}"
-        )
-    if row.version != data.get("version"):
-        raise _Break(
-            f"mission {mission_id}: stored version is {_shown(row.version)} but {logged} "
-            f"says {_shown(data.get('version'))}"
-        )
-    entries, highest = (0, 0) if tail is None else (tail.entries, tail.highest)
-    if tail is None or entries != row.version or highest != row.version:
-        raise _Break(
-            f"mission {mission_id}: lifecycle history has {entries} "
-            f"entries up to version {highest} but the Mission is at "
-            f"version {row.version}"
-        )
-    if tail.to_state != row.state:
-        raise _Break(
-            f"mission {mission_id}: stored state is {_shown(row.state)} but its last "
-            f"lifecycle history entry (version {tail.highest}) says {_shown(tail.to_state)}"
-        )
-
-
-def _check_record_digest(mission_id: str, record: dict[str, Any], chain: _MissionChain) -> None:
-    """The stored record is the one the last lifecycle audit record committed to: a member
-    rewritten afterwards (with its filter column rewritten to match) is caught here."""
-    data = chain.lifecycle_data if isinstance(chain.lifecycle_data, dict) else {}
-    if data.get("record_digest") != digest_json(record):
-        raise _Break(
-            f"mission {mission_id}: stored record does not match the record_digest committed "
-            f"by audit record {chain.lifecycle_seq}"
-        )
-
-
-def _check_policy_version(mission_id: str, record: dict[str, Any], chain: _MissionChain) -> None:
-    """Every lifecycle record carries the record's ``policy_version`` of its time; it only
-    changes at approval, which writes a lifecycle record."""
-    if record.get("policy_version") != chain.lifecycle_policy_version:
-        raise _Break(
-            f"mission {mission_id}: stored policy_version "
-            f"{_shown(record.get('policy_version'))} differs from the one committed by "
-            f"audit record {chain.lifecycle_seq}"
-        )
-
-
-def _check_copied_columns(mission_id: str, row: _MissionRow, record: dict[str, Any]) -> None:
-    """The filter columns are copies of record members; the gate and the clock read the
-    columns, so a column moved away from the record (``mission_expiry`` pushed out) is a
-    break. Times compare in the record's format (whole seconds)."""
-    copies: tuple[tuple[str, Any, Any], ...] = (
-        ("subject_sub", row.subject_sub, record["subject"]["sub"]),
-        ("client_id", row.client_id, record["client_id"]),
-        ("created_at", _instant(row.created_at), record["created_at"]),
-        ("mission_expiry", _instant(row.mission_expiry), record["mission_expiry"]),
-        ("activated_at", _instant(row.activated_at), record.get("activated_at")),
-        ("approval_event_id", row.approval_event_id, record.get("approval_event_id")),
-    )
-    for column, stored, member in copies:
-        if stored != member:
-            raise _Break(
-                f"mission {mission_id}: the {column} column ({_shown(stored)}) differs from "
-                f"the record's {column} ({_shown(member)})"
-            )
-    # The intent is anchored by proposal_hash; the AS may shorten the asked expiry, never
-    # extend it. Catches an expiry pushed out in the record and the column together.
-    asked = parse_instant(record["mission_intent"]["mission_expiry"], "mission_expiry")
-    if parse_instant(record["mission_expiry"], "mission_expiry") > asked:
-        raise _Break(
-            f"mission {mission_id}: mission_expiry {record['mission_expiry']} is later than "
-            f"the {format_instant(asked)} its mission_intent asked for"
-        )
-
-
-def _instant(value: datetime | None) -> str | None:
-    return None if value is None else format_instant(value)
-
-
-def _shown(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else f"'{value}'"
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _describe(exc: Exception) -> str:
