@@ -14,10 +14,13 @@ from missionbound.mission.canonical import digest_json
 from missionbound.mission.intent import parse_instant
 from missionbound.mission.record import format_instant
 
-# A row of _MISSION_COLUMNS (attribute access by column name).
+# A row of verify's Mission columns (attribute access by column name).
 MissionRow = Any
 
+
 class Break(Exception):
+    """The first break found; ``description`` is what ``audit verify`` prints."""
+
     def __init__(self, description: str) -> None:
         super().__init__(description)
         self.description = description
