@@ -278,4 +278,6 @@ def constraints_no_broader(
     for key, ref_value in reference.items():
         if key not in candidate or not registry.no_broader(key, candidate[key], ref_value):
             return False
-    return all(registry.valid(key, value) for key, value in candidate.items())
+    # Keys shared with the reference were validated by no_broader; check only the added ones.
+    return all(registry.valid(key, value) for key, value in candidate.items()
+               if key not in reference)
