@@ -359,18 +359,19 @@ def test_a_changed_last_history_state_is_caught(
     )
 
 
+def _push_expiry_column_to_2099(store: Store, mission_id: str) -> None:
+    when = datetime(2099, 1, 1, tzinfo=UTC)
+    if store.engine.dialect.name == "sqlite":  # raw SQL: the column stores naive UTC there
+        when = when.replace(tzinfo=None)
+    _sql(store, "UPDATE missions SET mission_expiry = :t WHERE mission_id = :m", t=when,
+         m=mission_id)
+
+
 def test_a_mission_expiry_pushed_out_is_caught(
     store: Store, history: tuple[MissionRecord, MissionRecord]
 ) -> None:
     first, _ = history
-    _sql(
-        store,
-        "UPDATE missions SET mission_expiry = :t WHERE mission_id = :m",
-        t=datetime(2099, 1, 1, tzinfo=UTC).replace(tzinfo=None)
-        if store.engine.dialect.name == "sqlite"
-        else datetime(2099, 1, 1, tzinfo=UTC),
-        m=first.mission_id,
-    )
+    _push_expiry_column_to_2099(store, first.mission_id)
     with store.read() as session:  # the column is what the gate and the clock read
         stored = missions.get(session, first.mission_id)
         assert stored is not None and stored.mission_expiry.year == 2099
@@ -385,14 +386,7 @@ def test_a_mission_expiry_pushed_out_in_the_record_too_is_caught(
 ) -> None:
     # Column and record moved together: the anchored intent still says when it ends.
     first, _ = history
-    _sql(
-        store,
-        "UPDATE missions SET mission_expiry = :t WHERE mission_id = :m",
-        t=datetime(2099, 1, 1, tzinfo=UTC).replace(tzinfo=None)
-        if store.engine.dialect.name == "sqlite"
-        else datetime(2099, 1, 1, tzinfo=UTC),
-        m=first.mission_id,
-    )
+    _push_expiry_column_to_2099(store, first.mission_id)
     record = json.loads(
         _raw_json(store.engine, "missions", "record", "mission_id", first.mission_id)
     )
