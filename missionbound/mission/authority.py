@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from missionbound.mission.canonical import canonicalize
 from missionbound.mission.catalog import ACTION_NAME
 from missionbound.mission.constraints import ConstraintRegistry, constraints_no_broader
 from missionbound.mission.errors import InvalidAuthorizationDetails
@@ -92,9 +93,11 @@ def parse_entry(raw: Any, registry: ConstraintRegistry, where: str = "entry") ->
     return entry
 
 
-def sort_key(entry: Mapping[str, Any]) -> tuple[str, str]:
-    """Entries are emitted sorted by resource, then first action (PROFILE.md section 4)."""
-    return (entry["resource"], entry["actions"][0] if entry["actions"] else "")
+def sort_key(entry: Mapping[str, Any]) -> tuple[str, str, bytes]:
+    """Entries are emitted sorted by resource, then first action (PROFILE.md section 4), then
+    by their canonical form, so two entries sharing both never depend on input order."""
+    return (entry["resource"], entry["actions"][0] if entry["actions"] else "",
+            canonicalize(dict(entry)))
 
 
 def sort_authority_set(entries: Iterable[Entry]) -> list[Entry]:

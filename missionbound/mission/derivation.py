@@ -132,7 +132,7 @@ def _ceilings(resource: Resource, actions: Sequence[str], registry: ConstraintRe
     return out
 
 
-def _split_by_constraint_keys(entry: Entry, resource: Resource, where: str,
+def _split_by_action_group(entry: Entry, resource: Resource, where: str,
                               recorder: _Recorder) -> list[tuple[str, Entry]]:
     """A requested entry whose actions accept different constraint keys (or differ in
     delegability) becomes one entry per group, so that a ceiling or a Mission-wide bound of
@@ -140,7 +140,7 @@ def _split_by_constraint_keys(entry: Entry, resource: Resource, where: str,
     groups = default_action_groups(resource, entry["actions"])
     if len(groups) == 1:
         return [(where, entry)]
-    recorder.note(where + ".actions", entry["actions"], groups, "split_by_constraint_keys")
+    recorder.note(where + ".actions", entry["actions"], groups, "split_by_action_group")
     return [(f"{where}.group[{k}]", {**entry, "actions": group})
             for k, group in enumerate(groups)]
 
@@ -272,6 +272,23 @@ class _Deriver:
         return ceiling
 
 
+def _without_subsumed(entries: list[Entry], registry: ConstraintRegistry,
+                      recorder: _Recorder) -> list[Entry]:
+    """Drop an entry that another entry already covers (say journal-entries.write up to 50 USD
+    beside the same action up to 1000 USD): it grants nothing more, and showing its tighter
+    limit on the consent page would suggest a bound that does not hold."""
+    kept = []
+    for i, entry in enumerate(entries):
+        # Of two entries covering each other ("500" and "500.00" USD), the first one stays.
+        if any(j != i and is_subset(entry, other, registry)
+               and (j < i or not is_subset(other, entry, registry))
+               for j, other in enumerate(entries)):
+            recorder.note("authority_set", entry, None, "subsumed")
+        else:
+            kept.append(entry)
+    return kept
+
+
 def derive_authority(
     intent: MissionIntent,
     *,
@@ -319,7 +336,7 @@ def derive_authority(
             proposals = [
                 split
                 for i, e in enumerate(requested) if e["resource"] == uri
-                for split in _split_by_constraint_keys(e, resource, f"authorization_details[{i}]",
+                for split in _split_by_action_group(e, resource, f"authorization_details[{i}]",
                                                        recorder)
             ]
             if not proposals:
@@ -349,7 +366,7 @@ def derive_authority(
         expiry = cap
 
     return Derivation(
-        authority_set=sort_authority_set(derived),
+        authority_set=_without_subsumed(sort_authority_set(derived), registry, recorder),
         narrowing_decisions=recorder.decisions,
         mission_expiry=expiry,
         authorization_details_requested=list(requested_authorization_details or []),

@@ -170,17 +170,17 @@ def decide_transition(
     """Decide ``event`` on a Mission whose *effective* state is ``current``.
 
     Precedence (docs/decisions.md L1): who may ask, then the idempotent repeat (so a retried
-    request whose first attempt committed still succeeds), then ``expected_version``, then
-    the terminal rule, then legality.
+    request whose first attempt committed still succeeds; a version the Mission never had is
+    not a retry), then ``expected_version``, then the terminal rule, then legality.
     """
+    if not (set(roles) & allowed_roles(event, policy)):
+        raise TransitionForbidden(f"not allowed to {event.value} this Mission")
     if expected_version is not None and (
         isinstance(expected_version, bool) or not isinstance(expected_version, int)
     ):
         raise InvalidRequest("expected_version must be an integer")
-    if not (set(roles) & allowed_roles(event, policy)):
-        raise TransitionForbidden(f"not allowed to {event.value} this Mission")
     target = EVENT_TARGET[event]
-    if current is target:
+    if current is target and (expected_version is None or expected_version <= version):
         return TransitionDecision(event, current, current, version, version)
     if expected_version is not None and expected_version != version:
         raise ConcurrentModification(

@@ -94,7 +94,7 @@ def test_a_mixed_entry_is_split_so_every_bound_lands_where_it_can_be_enforced(
         "field": "authorization_details[0].actions",
         "requested": ["invoices.read", "journal-entries.write"],
         "granted": [["invoices.read"], ["journal-entries.write"]],
-        "rule": "split_by_constraint_keys"}
+        "rule": "split_by_action_group"}
     assert {"field": "authorization_details[0].group[1].constraints.max_value",
             "requested": None, "granted": money("100"), "rule": "mission_context"
             } in result.narrowing_decisions
@@ -224,6 +224,24 @@ def test_result_is_deterministic_whatever_the_input_order(catalog: Catalog,
         for order in itertools.permutations(entries)
     }
     assert len(results) == 1
+
+
+def test_overlapping_entries_give_one_set_whatever_their_order(
+        catalog: Catalog, client: ClientCeiling) -> None:
+    wide = rae(["invoices.read", "journal-entries.write"])  # split, write gets the ceiling
+    narrow = rae(["journal-entries.write"], constraints={"max_value": money("50")})
+    same_as_wide = rae(["journal-entries.write"], constraints={"max_value": money("1000")})
+    results = [derive(catalog, client, requested_authorization_details=list(order))
+               for order in itertools.permutations([wide, narrow, same_as_wide])]
+    assert all(r.authority_set == results[0].authority_set for r in results)
+    # the 50 USD entry grants nothing the 1000 USD one does not: dropped, and said so; of
+    # "1000" and the ceiling's "1000.00", which cover each other, the first in order stays
+    assert results[0].authority_set == [
+        rae(["invoices.read"]),
+        rae(["journal-entries.write"], constraints={"max_value": money("1000")}),
+    ]
+    assert {"field": "authority_set", "requested": narrow, "granted": None,
+            "rule": "subsumed"} in results[0].narrowing_decisions
 
 
 def test_every_derived_entry_fits_the_catalog_ceiling(demo_catalog: Catalog) -> None:

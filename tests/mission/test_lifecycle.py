@@ -115,6 +115,9 @@ def test_a_retried_request_whose_first_attempt_committed_still_succeeds() -> Non
     retry = decide_transition(first.to_state, first.to_version, Event.REVOKE, EVERYONE,
                               expected_version=3)
     assert not retry.changed and retry.to_version == 4
+    # ... but a version the Mission never reached is no retry
+    with pytest.raises(ConcurrentModification, match="expected version 9"):
+        decide_transition(State.REVOKED, 4, Event.REVOKE, EVERYONE, expected_version=9)
 
 
 @pytest.mark.parametrize(
