@@ -203,10 +203,12 @@ def serve(
     )
     if tenant.is_demo:
         print_demo_banner(settings)
-        if not _is_loopback(settings.issuer):
+        if not (_is_loopback(settings.issuer) and _is_loopback_host(settings.host)):
+            # Either the issuer or the listening address reaches beyond this machine.
             log.warning(
                 "demo_tenant_exposed",
                 issuer=settings.issuer,
+                host=settings.host,
                 detail="the demo tenant's secrets are public; configure a tenant",
             )
     application = create_app(settings, tenant=tenant, engine=engine)
@@ -250,11 +252,14 @@ def print_demo_banner(settings: Settings) -> None:
 
 
 def _is_loopback(issuer: str) -> bool:
-    host = urlsplit(issuer).hostname or ""
+    return _is_loopback_host(urlsplit(issuer).hostname or "")
+
+
+def _is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 

@@ -44,6 +44,10 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message says what to change and where."""
 
 
+# Ten years: longer than any task an agent should hold authority for, far from overflow.
+MAX_MISSION_LIFETIME = timedelta(days=3650)
+
+
 class Settings(BaseSettings):
     """Everything a deployment can set. Build it with :func:`load_settings`."""
 
@@ -76,16 +80,17 @@ class Settings(BaseSettings):
         default=None, description="A tenant TOML file (users, clients, catalog)."
     )
     mission_intent_max_size: int = Field(
-        default=16384, ge=256, description="Largest accepted mission_intent, in octets."
+        default=16384, ge=256, le=1_048_576,
+        description="Largest accepted mission_intent, in octets.",
     )
     max_mission_lifetime: timedelta = Field(
         default=timedelta(days=30), description="Cap on mission_expiry - now at submission."
     )
     consent_window_seconds: int = Field(
-        default=600, ge=1, description="How long a Mission may wait for approval."
+        default=600, ge=1, le=7 * 86400, description="How long a Mission may wait for approval."
     )
     expiry_sweep_seconds: float = Field(
-        default=30, ge=0,
+        default=30, ge=0, le=86400, allow_inf_nan=False,
         description="How often `serve` persists the expiry of lapsed Missions; 0 turns it off.",
     )
     max_request_body_size: int = Field(
@@ -133,6 +138,15 @@ class Settings(BaseSettings):
     def _positive_lifetime(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
             raise ValueError("must be a positive duration (e.g. P30D or 2592000)")
+        if value > MAX_MISSION_LIFETIME:  # beyond it, now + lifetime overflows datetime
+            raise ValueError(f"must be at most {MAX_MISSION_LIFETIME.days} days")
+        return value
+
+    @field_validator("expiry_sweep_seconds")
+    @classmethod
+    def _sweep_interval(cls, value: float) -> float:
+        if 0 < value < 0.1:  # a busy loop holding the database's write lock
+            raise ValueError("must be 0 (off) or at least 0.1 seconds")
         return value
 
     @field_validator("issuer")

@@ -249,3 +249,16 @@ def test_a_bad_config_is_a_usage_error(tmp_path: Path) -> None:
     assert_friendly(run("db", "upgrade", "--config", str(config)), 2, "not valid TOML")
     assert_friendly(run("audit", "verify", "--config", str(tmp_path / "nope.toml")), 2,
                     "no such file")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("localhost", True), ("::1", True), ("[::1]", True),
+     ("0.0.0.0", False), ("::", False), ("192.0.2.10", False), ("as.example.com", False)],
+)
+def test_the_demo_warning_knows_which_listening_addresses_stay_on_this_machine(
+    host: str, loopback: bool
+) -> None:
+    from missionbound.cli import _is_loopback_host
+
+    assert _is_loopback_host(host) is loopback

@@ -184,6 +184,12 @@ def test_the_default_issuer_follows_host_and_port(host: str, port: int, issuer: 
         ({"database_url": "sqlite://"}, "database_url"),
         ({"max_mission_lifetime": "P0D"}, "max_mission_lifetime"),
         ({"consent_window_seconds": 0}, "consent_window_seconds"),
+        # bounds that keep date arithmetic from overflowing and the sweep from spinning
+        ({"consent_window_seconds": 10**11}, "consent_window_seconds"),
+        ({"max_mission_lifetime": "P3000000D"}, "max_mission_lifetime"),
+        ({"expiry_sweep_seconds": float("inf")}, "expiry_sweep_seconds"),
+        ({"expiry_sweep_seconds": 1e-9}, "expiry_sweep_seconds"),
+        ({"mission_intent_max_size": 10**9}, "mission_intent_max_size"),
     ],
 )
 def test_bad_values_are_a_config_error_naming_the_setting(

@@ -96,7 +96,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _mission_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, MissionError)
-    return error_response(exc.status, exc.error, exc.description)
+    # to_wire() may carry members beyond error and error_description (PROFILE.md section 8:
+    # mission_state and mission_error on a refused derivation).
+    wire = exc.to_wire()
+    extra: dict[str, Any] = {
+        k: v for k, v in wire.items() if k not in ("error", "error_description")
+    }
+    return error_response(exc.status, exc.error, exc.description, None, **extra)
 
 
 def install_error_handlers(app: FastAPI) -> None:

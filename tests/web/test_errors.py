@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from structlog.testing import capture_logs
 
 from missionbound.mission.errors import InvalidState
+from missionbound.store.errors import DerivationRefused
 
 pytestmark = pytest.mark.anyio
 
@@ -42,6 +43,11 @@ def app(app: FastAPI) -> FastAPI:
     @app.post("/_test/transition")
     def transition() -> None:
         raise InvalidState("cannot resume a Mission that is active")
+
+    @app.post("/_test/refresh")
+    def refresh() -> None:
+        raise DerivationRefused("the Mission is revoked", mission_state="revoked",
+                                mission_error="mission_revoked")
 
     return app
 
@@ -108,6 +114,13 @@ async def test_wrong_method_is_405_json_with_allow(client: httpx.AsyncClient) ->
 async def test_mission_errors_carry_their_own_code_and_status(client: httpx.AsyncClient) -> None:
     body = assert_error(await client.post("/_test/transition"), 409, "invalid_state")
     assert body["error_description"] == "cannot resume a Mission that is active"
+
+
+async def test_a_refused_derivation_keeps_its_mission_members(client: httpx.AsyncClient) -> None:
+    # PROFILE.md section 8: invalid_grant + mission_state (+ mission_error) on the wire.
+    body = assert_error(await client.post("/_test/refresh"), 400, "invalid_grant")
+    assert body == {"error": "invalid_grant", "error_description": "the Mission is revoked",
+                    "mission_state": "revoked", "mission_error": "mission_revoked"}
 
 
 async def test_unexpected_exception_is_a_json_500_without_details(
