@@ -17,6 +17,10 @@ from missionbound.mission.record import format_instant
 # A row of verify's Mission columns (attribute access by column name).
 MissionRow = Any
 
+# ``data.event`` of the lifecycle audit record of an approval: the one event that may set
+# the anchors and change the record (``missionbound.mission.lifecycle.Event.APPROVE``).
+APPROVE_EVENT = "approve"
+
 
 class Break(Exception):
     """The first break found; ``description`` is what ``audit verify`` prints."""
@@ -33,11 +37,13 @@ class MissionChain:
     # The anchors last committed to the log for this Mission, and the record that did.
     anchors: dict[str, str] | None = None
     anchors_seq: int | None = None
-    # The Mission's mission.created record, and its last lifecycle record with its data.
+    # The Mission's mission.created record, and its last lifecycle record with its data
+    # and anchors.
     created_seq: int | None = None
     lifecycle_seq: int | None = None
     lifecycle_data: Any = None
     lifecycle_policy_version: str | None = None
+    lifecycle_anchors: dict[str, str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,10 +107,53 @@ def check_lifecycle(
         )
 
 
+def check_lifecycle_step(label: str, chain: MissionChain, row: dict[str, Any]) -> None:
+    """One lifecycle audit record of a Mission against the Mission's previous one (in log
+    order), so that a record rewritten between two events is caught even when the later
+    event committed the rewritten record: the anchors are set once, at the approval, and
+    never change afterwards; ``record_digest`` is present on every lifecycle record and
+    changes only at the approval (the record is immutable otherwise)."""
+    data = row["data"] if isinstance(row["data"], dict) else {}
+    event = data.get("event")
+    approval = event == APPROVE_EVENT
+    previous = chain.lifecycle_seq
+    before = chain.lifecycle_anchors or dict.fromkeys(ANCHOR_NAMES)
+    # The approval may set the anchors, once: only when none was set before.
+    may_set = approval and all(value is None for value in before.values())
+    for name in ANCHOR_NAMES:
+        if row[name] == before[name] or may_set:
+            continue
+        if previous is None:
+            raise Break(
+                f"{label}: {name} is set at event {shown(event)}, before any approval "
+                "(anchors are set once, at approval)"
+            )
+        raise Break(
+            f"{label}: {name} differs from the one audit record {previous} committed, at "
+            f"event {shown(event)} (anchors are set once, at approval, and never change)"
+        )
+    digest = data.get("record_digest")
+    if not isinstance(digest, str):
+        raise Break(f"{label}: lifecycle audit record has no record_digest")
+    if previous is not None and not approval:
+        committed = chain.lifecycle_data.get("record_digest")
+        if digest != committed:
+            raise Break(
+                f"{label}: record_digest differs from the one audit record {previous} "
+                f"committed, at event {shown(event)} (a Mission's record changes only at "
+                "approval)"
+            )
+
+
 def check_record_digest(mission_id: str, record: dict[str, Any], chain: MissionChain) -> None:
     """The stored record is the one the last lifecycle audit record committed to: a member
     rewritten afterwards (with its filter column rewritten to match) is caught here."""
     data = chain.lifecycle_data if isinstance(chain.lifecycle_data, dict) else {}
+    if "record_digest" not in data:
+        raise Break(
+            f"mission {mission_id}: its last lifecycle audit record (audit record "
+            f"{chain.lifecycle_seq}) has no record_digest"
+        )
     if data.get("record_digest") != digest_json(record):
         raise Break(
             f"mission {mission_id}: stored record does not match the record_digest committed "

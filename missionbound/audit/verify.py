@@ -7,7 +7,10 @@ Checked, in order, stopping at the first failure:
    digest of the record's content, each ``prev_hash`` equal to the previous ``record_hash``,
    and the chain head (``audit_chain_head``) pointing at the last record (a truncated tail);
 2. every Mission's chain: ``mission_seq`` 1..n without a gap and ``mission_prev_hash``
-   linking to the Mission's previous record;
+   linking to the Mission's previous record; and, walking the Mission's lifecycle records
+   in order, each against the one before: the anchors set once, at the approval, and never
+   changed afterwards, ``record_digest`` present and changed only at the approval (so an
+   event recorded over a rewritten record does not launder the rewrite);
 3. every stored Mission, in ``mission_id`` order: its record readable (a JSON object whose
    anchors are strings), its three anchors recomputed from the members they commit to
    (section 5) and equal to the last ones the audit log committed for that Mission; its
@@ -44,6 +47,7 @@ from missionbound.audit.mission_checks import (
     MissionRow,
     check_copied_columns,
     check_lifecycle,
+    check_lifecycle_step,
     check_policy_version,
     check_record_digest,
     record_of,
@@ -242,9 +246,11 @@ class _Verifier:
             chain.anchors = anchors
             chain.anchors_seq = row["seq"]
         if row["event"] in LIFECYCLE_EVENTS:
+            check_lifecycle_step(label, chain, row)
             chain.lifecycle_seq = row["seq"]
             chain.lifecycle_data = row["data"]
             chain.lifecycle_policy_version = row["policy_version"]
+            chain.lifecycle_anchors = {name: row[name] for name in ANCHOR_NAMES}
             if row["event"] == CREATED_EVENT and chain.created_seq is None:
                 chain.created_seq = row["seq"]
 

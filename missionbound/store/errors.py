@@ -6,7 +6,7 @@ store refusal exactly as they map the core's: ``error``, ``status``, ``to_wire()
 
 from __future__ import annotations
 
-from missionbound.mission.errors import MissionError
+from missionbound.mission.errors import InvalidState, MissionError
 
 
 class DerivationRefused(MissionError):
@@ -68,3 +68,23 @@ class InvalidRequestUri(MissionError):
 
     error = "invalid_request_uri"
     status = 400
+
+
+class MissionRecordTampered(InvalidState):
+    """The stored record is not the one the Mission's last lifecycle audit record committed
+    to (its ``record_digest``): it was rewritten outside the AS. Recording another event
+    over it would commit the rewritten record to the log, so the event is refused (409,
+    fail closed) and nothing is written; ``missionbound audit verify`` names the break."""
+
+    def __init__(self, mission_id: str, audit_seq: int | None, event: str) -> None:
+        committed = (
+            "has no lifecycle audit record"
+            if audit_seq is None
+            else f"does not match its last lifecycle audit record (audit record {audit_seq})"
+        )
+        super().__init__(
+            f"stored Mission {mission_id} {committed}; refusing to record {event!r} over it "
+            "(fail closed; run missionbound audit verify)"
+        )
+        self.mission_id = mission_id
+        self.audit_seq = audit_seq

@@ -5,6 +5,10 @@ locks the row, lets the clock speak first, applies the decision with an optimist
 check and writes, in the caller's transaction, the three traces every committed transition
 leaves: a ``mission_history`` row, an audit record (section 15) and one outbox event of
 topic ``mission.lifecycle`` (section 10, "Signals"). An idempotent repeat writes nothing.
+
+Before writing, the stored record is compared with the ``record_digest`` of the Mission's
+last lifecycle audit record: a record rewritten behind the AS's back is refused
+(:class:`MissionRecordTampered`), never re-committed to the log by the next event.
 """
 
 from __future__ import annotations
@@ -34,17 +38,22 @@ from missionbound.mission.lifecycle import (
 )
 from missionbound.mission.record import MissionRecord, check_mission_id, format_instant
 from missionbound.store import outbox
+from missionbound.store.errors import MissionRecordTampered
 from missionbound.store.mission_rows import (
     anchors_of,
     load_history,
     lock_mission,
     to_record,
 )
-from missionbound.store.models import Mission, MissionHistory
+from missionbound.store.models import AuditRecord, Mission, MissionHistory
 from missionbound.store.transactions import run_after_rollback
 from missionbound.store.validation import require_aware
 
+AUDIT_CREATED = "mission.created"
 AUDIT_TRANSITION = "mission.transition"
+# The audit events that record a lifecycle event (``data`` carries ``state``, ``version``
+# and ``record_digest``); ``audit verify`` reads the same two names.
+LIFECYCLE_AUDIT_EVENTS = (AUDIT_CREATED, AUDIT_TRANSITION)
 CLOCK_ACTOR: dict[str, Any] = {"role": Role.CLOCK.value}
 MAX_REASON_LENGTH = 1024  # issuance digest, lifecycle endpoint: "reason <= 1024 chars"
 _LIVE_STATES = [s.value for s in State if s not in TERMINAL_STATES]
@@ -178,9 +187,13 @@ def expire_due(
     policy: LifecyclePolicy = DEFAULT_POLICY,
     limit: int | None = None,
 ) -> int:
-    """The expiry sweep: move every due Mission to ``expired`` with its events; returns how
-    many moved. Missions another transaction holds are skipped (PostgreSQL ``SKIP
-    LOCKED``): that transaction settles the clock itself, or the next sweep does."""
+    """Expire every due Mission (at most ``limit``) in the caller's one transaction, with
+    its events; returns how many moved. For tests, scripts and maintenance work that want
+    the whole batch to commit or roll back together: one Mission whose expiry cannot be
+    written (a tampered record) fails the whole call. The serving sweep is
+    :mod:`missionbound.web.expiry_sweep`, which expires each Mission in its own transaction
+    instead. Missions another transaction holds are skipped (PostgreSQL ``SKIP LOCKED``):
+    that transaction settles the clock itself, or a later sweep does."""
     require_aware(now, "now")
     due = due_for_expiry(now, policy)
     # Lock every due row up front, before the first audit append takes the chain head:
@@ -210,11 +223,25 @@ def commit_transition(
     column_updates: dict[str, Any] | None = None,
 ) -> None:
     """Write a changed decision: state and version under the optimistic check, then the
-    history row, the audit record and the outbox event, all in the caller's transaction."""
+    history row, the audit record and the outbox event, all in the caller's transaction.
+
+    ``row`` must be locked and freshly read. Its stored record must be the one the last
+    lifecycle audit record committed to (:func:`check_record_committed`), else
+    :class:`MissionRecordTampered` and nothing is written. ``column_updates`` may replace the
+    record (approval fills its approval members); the audit record then commits to the new
+    record, which is passed on explicitly."""
+    current = row.record
+    current_digest = check_record_committed(session, row.mission_id, current, decision.event)
+    updates = dict(column_updates or {})
+    if "record" in updates:
+        record = updates["record"]
+        digest_after = digest_json(record)
+    else:
+        record, digest_after = current, current_digest
     values = {
         "state": decision.to_state.value,
         "version": decision.to_version,
-        **(column_updates or {}),
+        **updates,
     }
     result = session.execute(
         update(Mission)
@@ -240,7 +267,8 @@ def commit_transition(
     )
     write_lifecycle_traces(
         session,
-        row,
+        row.mission_id,
+        record,
         event=decision.event.value,
         prior_state=decision.from_state.value,
         state=decision.to_state.value,
@@ -248,12 +276,40 @@ def commit_transition(
         actor=actor,
         reason=reason,
         now=now,
+        record_digest=digest_after,
     )
+
+
+def check_record_committed(session: Session, mission_id: str, record: Any, event: Event) -> str:
+    """The digest of ``record`` (the Mission's stored record, read under the row lock),
+    after checking it equals the ``record_digest`` of the Mission's last lifecycle audit
+    record; raises :class:`MissionRecordTampered` otherwise (a record no lifecycle record
+    committed to, or a Mission the log never saw). Checked for every event, the approval
+    included: the approval adds members to the record, but the record it starts from must
+    be the one committed at submission."""
+    last = session.execute(
+        select(AuditRecord.seq, AuditRecord.data)
+        .where(
+            AuditRecord.mission_id == mission_id,
+            AuditRecord.event.in_(LIFECYCLE_AUDIT_EVENTS),
+        )
+        .order_by(AuditRecord.mission_seq.desc())
+        .limit(1)
+    ).first()
+    try:
+        digest = digest_json(record)
+    except InvalidRequest:  # no canonical form (a float that is not finite, ...)
+        digest = None
+    committed = last.data.get("record_digest") if last and isinstance(last.data, dict) else None
+    if digest is None or committed != digest:
+        raise MissionRecordTampered(mission_id, last.seq if last else None, event.value)
+    return digest
 
 
 def write_lifecycle_traces(
     session: Session,
-    row: Mission,
+    mission_id: str,
+    record: dict[str, Any],
     *,
     event: str,
     prior_state: str | None,
@@ -263,16 +319,18 @@ def write_lifecycle_traces(
     reason: str | None,
     now: datetime,
     audit_event: str = AUDIT_TRANSITION,
+    record_digest: str | None = None,
 ) -> None:
-    """The audit record and the outbox event of one committed lifecycle event. The audit
-    record commits to the digest of the Mission's stored record as it stands after the event,
-    so ``audit verify`` can prove no member (subject, client, narrowing decisions, ...) was
-    rewritten afterwards, even with the filter columns rewritten to match."""
-    record = row.record
+    """The audit record and the outbox event of one committed lifecycle event. ``record`` is
+    the Mission's stored record as it stands after the event (passed by the caller, never
+    read back from the session); the audit record commits to its digest (``record_digest``
+    when the caller computed it already), so ``audit verify`` can prove no member (subject,
+    client, narrowing decisions, ...) was rewritten afterwards, even with the filter columns
+    rewritten to match."""
     audit.append(
         session,
         event=audit_event,
-        mission_id=row.mission_id,
+        mission_id=mission_id,
         actor=actor,
         anchors=anchors_of(record),
         policy_version=record.get("policy_version"),
@@ -282,16 +340,16 @@ def write_lifecycle_traces(
             "state": state,
             "version": version,
             "reason": reason,
-            "record_digest": digest_json(record),
+            "record_digest": record_digest or digest_json(record),
         },
         at=now,
     )
     outbox.enqueue(
         session,
         topic=outbox.LIFECYCLE_TOPIC,
-        mission_id=row.mission_id,
+        mission_id=mission_id,
         payload={
-            "mission": {"id": row.mission_id, "origin": record["origin"]},
+            "mission": {"id": mission_id, "origin": record["origin"]},
             "state": state,
             "prior_state": prior_state,
             "version": version,

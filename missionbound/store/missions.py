@@ -30,8 +30,11 @@ from missionbound.mission.lifecycle import (
     parse_state,
 )
 from missionbound.mission.record import MissionRecord, Principal, check_mission_id, format_instant
+from missionbound.store.errors import MissionRecordTampered
 from missionbound.store.lifecycle import (
+    AUDIT_CREATED,
     TransitionResult,
+    check_record_committed,
     check_trace_inputs,
     commit_transition,
     expire_due,
@@ -50,6 +53,8 @@ from missionbound.store.models import DerivationCounter, Mission, MissionHistory
 from missionbound.store.validation import require_aware
 
 __all__ = [
+    "AUDIT_CREATED",
+    "MissionRecordTampered",
     "TransitionResult",
     "approve",
     "create_pending",
@@ -61,7 +66,6 @@ __all__ = [
     "transition",
 ]
 
-AUDIT_CREATED = "mission.created"
 SUBMIT_EVENT = "submit"
 MAX_LIST_LIMIT = 1000
 _APPROVAL_MEMBERS = (
@@ -122,7 +126,8 @@ def create_pending(
     )
     write_lifecycle_traces(
         session,
-        row,
+        record.mission_id,
+        row.record,
         event=SUBMIT_EVENT,
         prior_state=None,
         state=State.PENDING_APPROVAL.value,
@@ -202,11 +207,19 @@ def approve(
     the consent page showed, or rejects. Approver-side narrowing (granting a subset) is not
     supported yet; any other set is an :class:`InvalidRequest` and nothing is written.
 
+    ``consent_disclosure`` must be the disclosure rendered for this approval (the shape of
+    :func:`missionbound.mission.consent.build_consent_disclosure`): a JSON object whose
+    ``source_hashes`` are exactly the ``proposal_hash`` and ``authority_hash`` computed here,
+    whose ``approver`` names ``approver`` and whose ``subject`` names the stored subject
+    (``iss`` and ``sub``); anything else is an :class:`InvalidRequest`, nothing written.
+
     Idempotent on ``approval_event_id``: replaying the same approval returns the Mission
     unchanged and writes nothing. A different approval of an already approved Mission is a
     409 :class:`ConcurrentModification`; an ``approval_event_id`` already used by another
-    Mission, an ``authority_set`` other than the derived one, or ``anchors`` that do not
-    commit to the given members, an :class:`InvalidRequest`.
+    Mission, an ``authority_set`` other than the derived one, a disclosure of another
+    approval, or ``anchors`` that do not commit to the given members, an
+    :class:`InvalidRequest`. A pending record that is not the one its ``mission.created``
+    audit record committed to is refused with :class:`MissionRecordTampered` (409).
     """
     check_mission_id(mission_id)
     _check_approval_inputs(
@@ -231,6 +244,8 @@ def approve(
         parse_state(row.state), row.version, Event.APPROVE, {Role.APPROVER}, policy=policy
     )
     if decision.changed:
+        # A pending record rewritten behind the AS's back is refused before it is read.
+        check_record_committed(session, mission_id, row.record, Event.APPROVE)
         members = _approval_members(
             row.record,
             approver=approver,
@@ -285,6 +300,13 @@ def _approval_members(
         consent_disclosure=consent_disclosure,
         authority_set=authority_set,
     ).as_dict()
+    _check_disclosure(
+        consent_disclosure,
+        proposal_hash=expected["proposal_hash"],
+        authority_hash=expected["authority_hash"],
+        approver=approver,
+        subject=stored["subject"],
+    )
     for name, value in expected.items():
         if given.get(name) != value:
             raise InvalidRequest(f"{name} does not commit to the approved members")
@@ -300,6 +322,37 @@ def _approval_members(
         "approval_event_id": approval_event_id,
         "activated_at": format_instant(now),
     }
+
+
+def _check_disclosure(
+    disclosure: dict[str, Any],
+    *,
+    proposal_hash: str,
+    authority_hash: str,
+    approver: Principal,
+    subject: Any,
+) -> None:
+    """The consent disclosure (``mission/consent.py``, ``build_consent_disclosure``) is what
+    ``consent_rendering_hash`` anchors: it must be the page rendered for this Mission and
+    this approval. Its ``source_hashes`` must name the proposal and Authority Set being
+    approved, its ``approver`` the Approver approving, its ``subject`` the stored subject."""
+    sources = {"proposal_hash": proposal_hash, "authority_hash": authority_hash}
+    if disclosure.get("source_hashes") != sources:
+        raise InvalidRequest(
+            "consent_disclosure.source_hashes must be the proposal_hash and authority_hash "
+            "of the Mission being approved"
+        )
+    for member, principal in (
+        ("approver", approver.as_dict()),
+        ("subject", {"iss": subject.get("iss"), "sub": subject.get("sub")}),
+    ):
+        shown = disclosure.get(member)
+        if not isinstance(shown, dict) or any(
+            shown.get(name) != value for name, value in principal.items()
+        ):
+            raise InvalidRequest(
+                f"consent_disclosure.{member} must name the Mission's {member} (iss and sub)"
+            )
 
 
 def _check_derived_authority(stored: dict[str, Any], authority_set: list[Any]) -> None:

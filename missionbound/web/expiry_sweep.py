@@ -5,8 +5,10 @@ stored), so the sweep is about the record and its traces: it persists ``expired`
 history row, audit record and outbox event for Missions nobody touched since they lapsed.
 
 Each due Mission is expired in its own transaction, so one Mission whose expiry cannot be
-written (a corrupted record, a conflicting history row) is logged with its id and skipped
-while every other due Mission still expires; it is tried again at the next tick. Several
+written (a record rewritten outside the AS, which is refused rather than committed to the
+audit log; a conflicting history row) is logged with its id and skipped while every other
+due Mission still expires; it is tried again at the next tick. The log line carries the
+exception type and the first line of its message, never SQL or bound parameters. Several
 replicas may sweep at once: a Mission another transaction holds is skipped (PostgreSQL
 ``SKIP LOCKED``), and :func:`~missionbound.store.lifecycle.expire_if_due` re-checks
 everything under the row lock, so a Mission is never expired twice.
@@ -93,8 +95,22 @@ def _expire_one(store: Store, mission_id: str, now: datetime, policy: LifecycleP
 
 def _log_failure(mission_id: str, exc: Exception) -> None:
     log.warning(
-        "mission_expiry_failed", mission_id=mission_id, error=type(exc).__name__, detail=str(exc)
+        "mission_expiry_failed",
+        mission_id=mission_id,
+        error=type(exc).__name__,
+        detail=_detail(exc),
     )
+
+
+def _detail(exc: Exception) -> str:
+    """The first line of the driver's message (of ``exc`` itself when no driver raised it),
+    at most 300 characters. SQLAlchemy's own text of a :class:`DBAPIError` adds the SQL
+    statement and its bound parameters (Mission records, subjects), and PostgreSQL's
+    ``DETAIL`` line the key values: neither belongs in a log line."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    detail = lines[0].strip() if lines else ""
+    return detail if len(detail) <= 300 else detail[:297] + "..."
 
 
 async def sweep_periodically(
@@ -113,5 +129,5 @@ async def sweep_periodically(
             if moved:
                 log.info("missions_expired", count=moved)
         except Exception as exc:  # the database may be briefly away; try again next tick
-            log.warning("expiry_sweep_failed", error=type(exc).__name__, detail=str(exc))
+            log.warning("expiry_sweep_failed", error=type(exc).__name__, detail=_detail(exc))
         await asyncio.sleep(interval_seconds)

@@ -8,21 +8,26 @@ import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select, text
 
 from missionbound import audit
+from missionbound.audit.mission_checks import Break, MissionChain, check_record_digest
 from missionbound.mission.anchors import authority_hash
+from missionbound.mission.canonical import digest_json
 from missionbound.mission.lifecycle import Event, Role, State
 from missionbound.mission.record import MissionRecord, new_mission_id
+from missionbound.store import lifecycle as lifecycle_module
 from missionbound.store import missions
+from missionbound.store.errors import MissionRecordTampered
 from missionbound.store.gate import gate_derivation
 from missionbound.store.lifecycle import AUDIT_TRANSITION, transition
 from missionbound.store.models import AuditRecord, Mission, MissionHistory
 from missionbound.store.transactions import Store
-from tests.store.factories import ISSUER, T0
+from tests.store.factories import ISSUER, T0, Traces, count_traces
 
 CreateMission = Callable[..., MissionRecord]
 # The module itself: ``missionbound.audit.verify`` as an attribute is the function.
@@ -663,3 +668,169 @@ def test_a_member_rewritten_with_its_column_is_caught_by_the_record_digest(
     assert report.first_break is not None
     assert report.first_break.startswith(f"mission {first.mission_id}: stored record does not "
                                          "match the record_digest committed by audit record")
+
+
+# -- tampering is not laundered by the next lifecycle event ------------------------------------
+
+
+def _widen_authority(store: Store, mission_id: str) -> None:
+    """Add an action to the stored Authority Set and recompute authority_hash to match."""
+    record = json.loads(_raw_json(store.engine, "missions", "record", "mission_id", mission_id))
+    wider = [
+        {
+            **record["authority_set"][0],
+            "actions": ["invoices.read", "journal-entries.write", "payments.execute"],
+        }
+    ]
+    record.update(authority_set=wider, authority_hash=authority_hash(ISSUER, wider))
+    _write_json(store.engine, "missions", "record", "mission_id", mission_id, json.dumps(record))
+
+
+def _move_subject_to_mallory(store: Store, mission_id: str) -> None:
+    """Rewrite subject.sub in the record and the subject_sub column together."""
+    record = json.loads(_raw_json(store.engine, "missions", "record", "mission_id", mission_id))
+    record["subject"] = {**record["subject"], "sub": "mallory"}
+    _write_json(store.engine, "missions", "record", "mission_id", mission_id, json.dumps(record))
+    _sql(store, "UPDATE missions SET subject_sub = 'mallory' WHERE mission_id = :m", m=mission_id)
+
+
+def _laundering_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer as it was: it commits whatever record it finds, without comparing it with
+    the log. Verification must not depend on the writer refusing."""
+    monkeypatch.setattr(
+        lifecycle_module,
+        "check_record_committed",
+        lambda session, mission_id, record, event: digest_json(record),
+    )
+
+
+def _apply(store: Store, mission_id: str, event: Event) -> None:
+    with store.begin() as session:
+        transition(session, mission_id, event, roles={Role.ADMIN}, actor={"role": "admin"},
+                   reason="ops", now=T0 + timedelta(hours=2))  # fmt: skip
+
+
+def test_a_widened_authority_set_then_a_suspend_is_refused_and_still_named(
+    store: Store, history: tuple[MissionRecord, MissionRecord]
+) -> None:
+    _, second = history  # audit records 3 (created) and 4 (approved)
+    _widen_authority(store, second.mission_id)
+    broken = (
+        f"mission {second.mission_id}: stored authority_hash differs from the one committed "
+        "by audit record 4"
+    )
+    assert _report(store).first_break == broken
+    with pytest.raises(MissionRecordTampered, match=r"\(audit record 4\)"):
+        _apply(store, second.mission_id, Event.SUSPEND)
+    with store.read() as session:
+        assert count_traces(session, second.mission_id) == Traces(2, 2, 2)
+    report = _report(store)
+    assert (report.first_break, report.records_checked) == (broken, 7)
+
+
+def test_a_widened_authority_set_laundered_by_a_suspend_is_still_named(
+    store: Store, history: tuple[MissionRecord, MissionRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, second = history
+    _widen_authority(store, second.mission_id)
+    _laundering_writer(monkeypatch)
+    _apply(store, second.mission_id, Event.SUSPEND)  # audit record 8 commits the forgery
+    assert _report(store).first_break == (
+        f"audit record 8 (mission {second.mission_id}): authority_hash differs from the one "
+        "audit record 4 committed, at event 'suspend' (anchors are set once, at approval, "
+        "and never change)"
+    )
+
+
+def test_a_rewritten_subject_then_a_revoke_is_refused_and_still_named(
+    store: Store, history: tuple[MissionRecord, MissionRecord]
+) -> None:
+    first, _ = history  # audit record 7 is its last lifecycle record
+    _move_subject_to_mallory(store, first.mission_id)
+    broken = (
+        f"mission {first.mission_id}: stored record does not match the record_digest "
+        "committed by audit record 7"
+    )
+    assert _report(store).first_break == broken
+    with pytest.raises(MissionRecordTampered, match=r"\(audit record 7\)"):
+        _apply(store, first.mission_id, Event.REVOKE)
+    with store.read() as session:
+        assert count_traces(session, first.mission_id) == Traces(4, 4, 4)
+    assert _report(store).first_break == broken
+
+
+def test_a_rewritten_subject_laundered_by_a_revoke_is_still_named(
+    store: Store, history: tuple[MissionRecord, MissionRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = history
+    _move_subject_to_mallory(store, first.mission_id)
+    _laundering_writer(monkeypatch)
+    _apply(store, first.mission_id, Event.REVOKE)
+    assert _report(store).first_break == (
+        f"audit record 8 (mission {first.mission_id}): record_digest differs from the one "
+        "audit record 7 committed, at event 'revoke' (a Mission's record changes only at "
+        "approval)"
+    )
+
+
+def test_a_rewrite_laundered_by_expire_due_is_still_named(
+    store: Store, active_mission: CreateMission, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mission = active_mission(lifetime=timedelta(hours=1))  # audit records 1, 2
+    _move_subject_to_mallory(store, mission.mission_id)
+    with pytest.raises(MissionRecordTampered), store.session() as session, session.begin():
+        missions.expire_due(session, T0 + timedelta(hours=1))
+    _laundering_writer(monkeypatch)
+    with store.begin() as session:
+        assert missions.expire_due(session, T0 + timedelta(hours=1)) == 1
+    assert _report(store).first_break == (
+        f"audit record 3 (mission {mission.mission_id}): record_digest differs from the one "
+        "audit record 2 committed, at event 'expire' (a Mission's record changes only at "
+        "approval)"
+    )
+
+
+def _appending_without_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that leaves record_digest out of the lifecycle records it appends."""
+
+    def append(session: Any, **fields: Any) -> AuditRecord:
+        data = {k: v for k, v in fields.pop("data").items() if k != "record_digest"}
+        return audit.append(session, data=data, **fields)
+
+    monkeypatch.setattr(lifecycle_module, "audit", SimpleNamespace(append=append))
+
+
+def test_a_lifecycle_record_without_record_digest_is_named_as_such(
+    store: Store, create_mission: CreateMission, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _appending_without_digest(monkeypatch)
+    mission = create_mission()
+    assert _report(store).first_break == (
+        f"audit record 1 (mission {mission.mission_id}): lifecycle audit record has no "
+        "record_digest"
+    )
+
+
+def test_check_record_digest_names_a_missing_digest() -> None:
+    chain = MissionChain(1, "h", created_seq=1, lifecycle_seq=1, lifecycle_data={"state": "x"})
+    with pytest.raises(Break) as raised:
+        check_record_digest("msn_x", {}, chain)
+    assert raised.value.description == (
+        "mission msn_x: its last lifecycle audit record (audit record 1) has no record_digest"
+    )
+
+
+def test_anchors_in_a_mission_created_record_are_named(
+    store: Store, create_mission: CreateMission, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Anchors commit to what the Approver saw; a submission has nothing to anchor yet.
+    def anchors_of(record: dict[str, Any]) -> dict[str, str | None]:
+        return {"proposal_hash": "sha-256:early", "consent_rendering_hash": None,
+                "authority_hash": None}  # fmt: skip
+
+    monkeypatch.setattr(lifecycle_module, "anchors_of", anchors_of)
+    mission = create_mission()
+    assert _report(store).first_break == (
+        f"audit record 1 (mission {mission.mission_id}): proposal_hash is set at event "
+        "'submit', before any approval (anchors are set once, at approval)"
+    )

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from missionbound.mission.anchors import Anchors, compute_anchors
+from missionbound.mission.anchors import Anchors, authority_hash, compute_anchors, proposal_hash
 from missionbound.mission.lifecycle import State
 from missionbound.mission.record import MissionRecord, Principal, format_instant, new_mission_id
 from missionbound.store.models import AuditRecord, MissionHistory, OutboxEvent
@@ -74,6 +74,9 @@ def make_record(
 
 
 def consent_disclosure(record: MissionRecord, approver: Principal = BOB) -> dict[str, Any]:
+    """A small disclosure with the members ``missions.approve`` checks, as
+    ``build_consent_disclosure`` lays them out: ``source_hashes`` computed from the record,
+    ``subject`` and ``approver`` naming the principals."""
     return {
         "goal": record.mission_intent["goal"],
         "subject": record.subject.as_dict(),
@@ -81,6 +84,12 @@ def consent_disclosure(record: MissionRecord, approver: Principal = BOB) -> dict
         "granted_authority": copy.deepcopy(record.authority_set),
         "narrowing_decisions": [],
         "mission_expiry": format_instant(record.mission_expiry),
+        "source_hashes": {
+            "proposal_hash": proposal_hash(
+                record.origin, record.mission_intent, record.authorization_details_requested
+            ),
+            "authority_hash": authority_hash(record.origin, record.authority_set),
+        },
         "template_version": "consent:1",
     }
 

@@ -449,3 +449,140 @@ def test_an_unknown_stored_state_is_refused_not_read_as_active(
             reason=None,
             now=LATER,
         )
+
+
+def test_commit_transition_commits_to_the_record_it_writes_not_to_the_row_object(
+    store: Store, create_mission: CreateMission
+) -> None:
+    # The approval replaces the record through ``column_updates``; the audit record must
+    # commit to that record, passed on explicitly, even when no session synchronization
+    # reaches the row object (here: detached before the UPDATE).
+    from missionbound import audit as audit_spine
+    from missionbound.mission.lifecycle import decide_transition
+    from missionbound.store.lifecycle import commit_transition
+    from missionbound.store.mission_rows import lock_mission
+
+    mission = create_mission()
+    approval = make_approval(mission)
+    approved_at = T0 + timedelta(minutes=1)
+    with store.begin() as session:
+        row = lock_mission(session, mission.mission_id)
+        members = missions._approval_members(
+            row.record,
+            approver=approval.approver,
+            approval_event_id=approval.approval_event_id,
+            anchors=approval.anchors,
+            consent_disclosure=approval.consent_disclosure,
+            authority_set=approval.authority_set,
+            policy_version=approval.policy_version,
+            now=approved_at,
+        )
+        session.expunge(row)
+        decision = decide_transition(State.PENDING_APPROVAL, 1, Event.APPROVE, {Role.APPROVER})
+        commit_transition(
+            session,
+            row,
+            decision,
+            actor={"role": "approver", **approval.approver.as_dict()},
+            reason=None,
+            now=approved_at,
+            column_updates={
+                "record": {**row.record, **members},
+                "activated_at": approved_at,
+                "approval_event_id": approval.approval_event_id,
+            },
+        )
+    with store.read() as session:
+        stored_record = session.get(Mission, mission.mission_id).record  # type: ignore[union-attr]
+        last = session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
+    assert last is not None
+    assert last.data["record_digest"] == digest_json(stored_record)
+    assert last.authority_hash == approval.anchors.authority_hash
+    assert audit_spine.verify(store.engine).ok
+
+
+@pytest.mark.parametrize("event", [Event.SUSPEND, Event.REVOKE, Event.COMPLETE])
+def test_an_event_over_a_record_rewritten_behind_the_as_is_refused(
+    store: Store, create_mission: CreateMission, event: Event
+) -> None:
+    from missionbound.store.errors import MissionRecordTampered
+
+    mission = _mission_in(State.ACTIVE, store, create_mission)  # audit records 1, 2
+    with store.begin() as session:
+        row = session.get(Mission, mission.mission_id)
+        assert row is not None
+        row.record = {**row.record, "narrowing_decisions": [{"forged": True}]}
+    with store.read() as session:
+        traces_before = count_traces(session, mission.mission_id)
+    with pytest.raises(MissionRecordTampered) as raised, store.begin() as session:
+        transition(
+            session,
+            mission.mission_id,
+            event,
+            roles={ROLE_FOR[event]},
+            actor=ADMIN,
+            reason=None,
+            now=LATER,
+        )
+    assert raised.value.status == 409 and raised.value.error == "invalid_state"
+    assert raised.value.audit_seq == 2
+    assert "does not match its last lifecycle audit record (audit record 2)" in str(raised.value)
+    with store.read() as session:
+        stored = missions.get(session, mission.mission_id)
+        assert count_traces(session, mission.mission_id) == traces_before
+    assert stored is not None and stored.state is State.ACTIVE
+
+
+def test_expire_due_refuses_to_expire_a_rewritten_record(
+    store: Store, create_mission: CreateMission
+) -> None:
+    # One transaction for the whole batch: the tampered Mission fails it, nothing moves.
+    from missionbound.store.errors import MissionRecordTampered
+
+    short = timedelta(hours=1)
+    tampered = _mission_in(State.ACTIVE, store, lambda: create_mission(lifetime=short))
+    other = _mission_in(State.ACTIVE, store, lambda: create_mission(lifetime=short))
+    with store.begin() as session:
+        row = session.get(Mission, tampered.mission_id)
+        assert row is not None
+        row.record = {**row.record, "narrowing_decisions": [{"forged": True}]}
+    with pytest.raises(MissionRecordTampered), store.session() as session, session.begin():
+        expire_due(session, T0 + short)
+    with store.read() as session:
+        states = {m.mission_id: m.state for m in missions.list_missions(session)}
+    assert states == {tampered.mission_id: State.ACTIVE, other.mission_id: State.ACTIVE}
+
+
+def test_a_retry_of_a_committed_request_succeeds_but_a_future_version_is_a_409(
+    store: Store, create_mission: CreateMission
+) -> None:
+    # The idempotent repeat is decided before expected_version (docs/storage.md, "Lifecycle
+    # transitions"); a version the Mission never had is not a retry.
+    mission = _mission_in(State.ACTIVE, store, create_mission)  # version 2
+    for _ in range(2):  # the request, then its retry after it committed
+        with store.begin() as session:
+            result = transition(
+                session,
+                mission.mission_id,
+                Event.SUSPEND,
+                roles={Role.ADMIN},
+                actor=ADMIN,
+                reason=None,
+                now=LATER,
+                expected_version=2,
+            )
+        assert (result.record.state, result.record.version) == (State.SUSPENDED, 3)
+    assert not result.decision.changed
+    with pytest.raises(ConcurrentModification), store.begin() as session:
+        transition(
+            session,
+            mission.mission_id,
+            Event.SUSPEND,
+            roles={Role.ADMIN},
+            actor=ADMIN,
+            reason=None,
+            now=LATER,
+            expected_version=4,
+        )
+    with store.read() as session:
+        assert count_traces(session, mission.mission_id) == Traces(3, 3, 3)

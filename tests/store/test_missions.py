@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import tomllib
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from missionbound.mission.anchors import compute_anchors, find_anchor_mismatch
+from missionbound.mission.anchors import (
+    authority_hash,
+    compute_anchors,
+    find_anchor_mismatch,
+    proposal_hash,
+)
 from missionbound.mission.canonical import digest_json
+from missionbound.mission.catalog import load_catalog
+from missionbound.mission.consent import Party, build_consent_disclosure
+from missionbound.mission.derivation import ClientCeiling, derive_authority
 from missionbound.mission.errors import ConcurrentModification, InvalidRequest
+from missionbound.mission.intent import validate_intent
 from missionbound.mission.lifecycle import Event, State
-from missionbound.mission.record import MissionRecord
+from missionbound.mission.record import MissionRecord, Principal
 from missionbound.store import missions
+from missionbound.store.errors import MissionRecordTampered
 from missionbound.store.models import AuditRecord, Mission, MissionHistory, OutboxEvent
 from missionbound.store.outbox import LIFECYCLE_TOPIC
 from missionbound.store.transactions import Store
@@ -364,3 +377,165 @@ def test_approve_accepts_the_derived_set_whatever_its_key_order(
         )
     assert result.record.state is State.ACTIVE
     assert result.record.authority_hash == approval.anchors.authority_hash
+
+
+# -- the consent disclosure must be the one rendered for this approval -----------------------
+
+
+def _demo_mission() -> tuple[MissionRecord, Any]:
+    """A pending Mission derived from the demo tenant's catalog, and that catalog."""
+    raw = tomllib.loads((Path(missions.__file__).parents[1] / "demo" / "tenant.toml").read_text())
+    catalog = load_catalog(json.loads(json.dumps(raw["catalog"]).replace("{issuer}", ISSUER)))
+    intent = validate_intent(
+        json.dumps(
+            {
+                "goal": "Reconcile the Q3 invoices.",
+                "resources": [f"{ISSUER}/demo/erp"],
+                "mission_expiry": "2026-10-17T17:00:00Z",
+                "context": {"max_value": {"amount": "500.00", "currency": "USD"}},
+            }
+        ),
+        catalog=catalog,
+        now=T0,
+    )
+    derivation = derive_authority(
+        intent,
+        catalog=catalog,
+        client=ClientCeiling("demo-agent", {f"{ISSUER}/demo/erp": None}),
+        now=T0,
+        max_lifetime=timedelta(days=30),
+    )
+    record = dataclasses.replace(
+        make_record(),
+        mission_intent=intent.value,
+        authorization_details_requested=list(derivation.authorization_details_requested),
+        authority_set=list(derivation.authority_set),
+        narrowing_decisions=list(derivation.narrowing_decisions),
+        policy_version=derivation.policy_version,
+        mission_expiry=derivation.mission_expiry,
+    )
+    return record, (intent, derivation, catalog)
+
+
+def test_approve_accepts_a_disclosure_built_by_the_core(store: Store) -> None:
+    record, (intent, derivation, catalog) = _demo_mission()
+    with store.begin() as session:
+        missions.create_pending(session, record, CLIENT_ACTOR, T0)
+    disclosure = build_consent_disclosure(
+        disclosure_id="cd_1",
+        intent=intent,
+        authority_set=derivation.authority_set,
+        narrowing_decisions=derivation.narrowing_decisions,
+        mission_expiry=derivation.mission_expiry,
+        subject=Party(ALICE, "Alice"),
+        approver=Party(BOB, "Bob"),
+        client_id="demo-agent",
+        client_name="Demo agent",
+        catalog=catalog,
+        proposal_hash=proposal_hash(
+            ISSUER, record.mission_intent, record.authorization_details_requested
+        ),
+        authority_hash=authority_hash(ISSUER, record.authority_set),
+        rendered_at=T0,
+    )
+    approval = make_approval(record)
+    anchors = compute_anchors(
+        ISSUER,
+        mission_intent=record.mission_intent,
+        authorization_details_requested=record.authorization_details_requested,
+        consent_disclosure=disclosure,
+        authority_set=record.authority_set,
+    )
+    with store.begin() as session:
+        result = missions.approve(
+            session,
+            record.mission_id,
+            now=T0 + timedelta(minutes=1),
+            **{**approval.kwargs(), "consent_disclosure": disclosure, "anchors": anchors},
+        )
+    assert result.record.state is State.ACTIVE
+    assert result.record.consent_disclosure == disclosure
+
+
+def _without(disclosure: dict[str, Any], member: str) -> dict[str, Any]:
+    return {name: value for name, value in disclosure.items() if name != member}
+
+
+def _other_hash(disclosure: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**disclosure, "source_hashes": {**disclosure["source_hashes"], name: "sha-256:x"}}
+
+
+DISCLOSURE_CHANGES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "empty": lambda d: {},
+    "no-source-hashes": lambda d: _without(d, "source_hashes"),
+    "other-proposal": lambda d: _other_hash(d, "proposal_hash"),
+    "other-authority": lambda d: _other_hash(d, "authority_hash"),
+    "extra-source-hash": lambda d: {
+        **d,
+        "source_hashes": {**d["source_hashes"], "consent_rendering_hash": "sha-256:x"},
+    },
+    "source-hashes-not-object": lambda d: {**d, "source_hashes": "sha-256:x"},
+    "no-approver": lambda d: _without(d, "approver"),
+    "other-approver": lambda d: {**d, "approver": {**ALICE.as_dict(), "display_name": "A"}},
+    "approver-of-another-issuer": lambda d: {
+        **d,
+        "approver": {**d["approver"], "iss": "https://elsewhere.example"},
+    },
+    "no-subject": lambda d: _without(d, "subject"),
+    "other-subject": lambda d: {**d, "subject": BOB.as_dict()},
+    "subject-not-object": lambda d: {**d, "subject": "alice"},
+}
+
+
+@pytest.mark.parametrize("change", DISCLOSURE_CHANGES.values(), ids=DISCLOSURE_CHANGES.keys())
+def test_approve_refuses_a_disclosure_of_another_approval_and_writes_nothing(
+    store: Store, create_mission: CreateMission, change: Callable[[dict[str, Any]], Any]
+) -> None:
+    record = create_mission()
+    approval = make_approval(record)
+    disclosure = change(approval.consent_disclosure)
+    # Anchors consistent with the disclosure passed: only the disclosure check can refuse.
+    anchors = compute_anchors(
+        record.origin,
+        mission_intent=record.mission_intent,
+        authorization_details_requested=record.authorization_details_requested,
+        consent_disclosure=disclosure,
+        authority_set=approval.authority_set,
+    )
+    with pytest.raises(InvalidRequest, match="consent_disclosure"), store.begin() as session:
+        missions.approve(
+            session,
+            record.mission_id,
+            now=T0 + timedelta(minutes=1),
+            **{**approval.kwargs(), "consent_disclosure": disclosure, "anchors": anchors},
+        )
+    with store.read() as session:
+        stored = missions.get(session, record.mission_id)
+        assert count_traces(session, record.mission_id) == Traces(1, 1, 1)
+    assert stored is not None and stored.state is State.PENDING_APPROVAL
+    assert stored.consent_disclosure is None and stored.authority_hash is None
+
+
+def test_approve_refuses_a_pending_record_rewritten_behind_the_as(
+    store: Store, create_mission: CreateMission
+) -> None:
+    # The subject moved to mallory in the record and its column, and a disclosure rendered
+    # from the rewritten record: approving would commit the rewrite to the log.
+    record = create_mission()
+    with store.begin() as session:
+        row = session.get(Mission, record.mission_id)
+        assert row is not None
+        row.record = {**row.record, "subject": {"iss": ISSUER, "sub": "mallory"}}
+        row.subject_sub = "mallory"
+    mallory = dataclasses.replace(record, subject=Principal(iss=ISSUER, sub="mallory"))
+    with pytest.raises(MissionRecordTampered, match="audit record 1"), store.begin() as session:
+        missions.approve(
+            session,
+            record.mission_id,
+            now=T0 + timedelta(minutes=1),
+            **make_approval(mallory).kwargs(),
+        )
+    with store.read() as session:
+        assert count_traces(session, record.mission_id) == Traces(1, 1, 1)
+        stored = missions.get(session, record.mission_id)
+    assert stored is not None and stored.state is State.PENDING_APPROVAL

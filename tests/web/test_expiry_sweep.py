@@ -14,10 +14,14 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
+from missionbound import audit
 from missionbound.config import load_settings
+from missionbound.mission.canonical import digest_json
 from missionbound.mission.lifecycle import LifecyclePolicy, State
 from missionbound.mission.record import MissionRecord
-from missionbound.store import missions
+from missionbound.store import lifecycle, missions
+from missionbound.store.errors import MissionRecordTampered
+from missionbound.store.models import Mission, MissionHistory
 from missionbound.store.transactions import Store
 from missionbound.web import expiry_sweep
 from missionbound.web.app import create_app
@@ -82,7 +86,8 @@ class _RecordingLog:
 
 def _poison(store: Store, mission_id: str) -> None:
     """Corrupt the stored record the way a bad migration or a hand edit would: drop a
-    member the expiry's traces need (its outbox event names the Mission's origin)."""
+    member the expiry's traces need (its outbox event names the Mission's origin). The
+    record no longer matches the log, so the expiry is refused before anything is written."""
     with store.engine.connect() as connection:
         raw = connection.execute(
             text("SELECT CAST(record AS TEXT) FROM missions WHERE mission_id = :m"),
@@ -118,7 +123,11 @@ def test_one_poisoned_mission_does_not_block_the_others(
     )
     poisoned = lapsed[0]  # first in the sweep's order, and in the first batch
     _poison(store, poisoned.mission_id)
-    with pytest.raises(KeyError), store.session() as session, session.begin():
+    with (
+        pytest.raises(MissionRecordTampered) as raised,
+        store.session() as session,
+        session.begin(),
+    ):
         missions.expire_if_due(session, poisoned.mission_id, now=now)  # the old sweep's trap
     for expected in (4, 0):  # and again at the next tick: still isolated, still logged
         recorder.events.clear()
@@ -126,7 +135,11 @@ def test_one_poisoned_mission_does_not_block_the_others(
         assert recorder.events == [
             (
                 "mission_expiry_failed",
-                {"mission_id": poisoned.mission_id, "error": "KeyError", "detail": "'origin'"},
+                {
+                    "mission_id": poisoned.mission_id,
+                    "error": "MissionRecordTampered",
+                    "detail": str(raised.value),
+                },
             )
         ]
     with store.engine.connect() as connection:  # the poisoned record no longer loads
@@ -151,3 +164,126 @@ def test_a_database_error_ends_the_sweep_instead_of_being_blamed_on_each_mission
     monkeypatch.setattr(expiry_sweep, "expire_if_due", database_away)
     with pytest.raises(OperationalError):
         sweep_once(store, now, LifecyclePolicy())
+
+
+def _move_subject_to_mallory(store: Store, mission_id: str) -> None:
+    """Rewrite subject.sub in the record and the subject_sub column together."""
+    with store.session() as session, session.begin():
+        row = session.get(Mission, mission_id)
+        assert row is not None
+        row.record = {**row.record, "subject": {**row.record["subject"], "sub": "mallory"}}
+        row.subject_sub = "mallory"
+
+
+def test_the_sweep_does_not_launder_a_rewritten_record(
+    store: Store, active_mission: CreateMission, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = _RecordingLog()
+    monkeypatch.setattr(expiry_sweep, "log", recorder)
+    now = datetime.now(UTC)
+    lapsed = active_mission(created_at=now - timedelta(hours=2), lifetime=timedelta(hours=1))
+    _move_subject_to_mallory(store, lapsed.mission_id)
+    broken = audit.verify(store.engine).first_break
+    assert broken == (
+        f"mission {lapsed.mission_id}: stored record does not match the record_digest "
+        "committed by audit record 2"
+    )
+    assert sweep_once(store, now, LifecyclePolicy()) == 0
+    assert [(event, fields["error"]) for event, fields in recorder.events] == [
+        ("mission_expiry_failed", "MissionRecordTampered")
+    ]
+    assert stored_state_raw(store, lapsed.mission_id) == "active"
+    assert audit.verify(store.engine).first_break == broken
+
+    # A sweep that wrote the expiry anyway (the writer as it was) is caught all the same.
+    monkeypatch.setattr(
+        lifecycle,
+        "check_record_committed",
+        lambda session, mission_id, record, event: digest_json(record),
+    )
+    assert sweep_once(store, now, LifecyclePolicy()) == 1
+    assert audit.verify(store.engine).first_break == (
+        f"audit record 3 (mission {lapsed.mission_id}): record_digest differs from the one "
+        "audit record 2 committed, at event 'expire' (a Mission's record changes only at "
+        "approval)"
+    )
+
+
+def stored_state_raw(store: Store, mission_id: str) -> str:
+    with store.engine.connect() as connection:
+        return str(
+            connection.execute(
+                text("SELECT state FROM missions WHERE mission_id = :m"), {"m": mission_id}
+            ).scalar_one()
+        )
+
+
+def test_a_database_refusal_is_logged_without_sql_or_parameters(
+    store: Store, active_mission: CreateMission, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = _RecordingLog()
+    monkeypatch.setattr(expiry_sweep, "log", recorder)
+    now = datetime.now(UTC)
+    lapsed = active_mission(created_at=now - timedelta(hours=2), lifetime=timedelta(hours=1))
+    # A history row already at the version the expiry would produce: its INSERT conflicts.
+    with store.session() as session, session.begin():
+        session.add(
+            MissionHistory(
+                mission_id=lapsed.mission_id,
+                version=lapsed.version + 1,
+                from_state="active",
+                to_state="suspended",
+                event="suspend",
+                actor={"role": "admin", "secret": "do-not-log"},
+                reason="do-not-log",
+                committed_at=now,
+            )
+        )
+    assert sweep_once(store, now, LifecyclePolicy()) == 0
+    [(event, fields)] = recorder.events
+    assert (event, fields["mission_id"], fields["error"]) == (
+        "mission_expiry_failed",
+        lapsed.mission_id,
+        "IntegrityError",
+    )
+    detail = fields["detail"]
+    assert "\n" not in detail and "SQL" not in detail and "parameters" not in detail
+    assert "do-not-log" not in detail and lapsed.mission_id not in detail
+    if store.engine.dialect.name == "sqlite":
+        assert detail == (
+            "UNIQUE constraint failed: mission_history.mission_id, mission_history.version"
+        )
+    else:
+        assert detail.startswith("duplicate key value violates unique constraint")
+
+
+@pytest.mark.anyio
+async def test_a_failed_sweep_is_logged_without_sql_or_parameters(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = _RecordingLog()
+    monkeypatch.setattr(expiry_sweep, "log", recorder)
+
+    def database_away(*args: Any) -> int:
+        raise OperationalError(
+            "SELECT mission_id FROM missions WHERE subject_sub = %(s)s",
+            {"s": "alice"},
+            Exception("server closed the connection unexpectedly\n\tThis probably means..."),
+        )
+
+    monkeypatch.setattr(expiry_sweep, "sweep_once", database_away)
+    task = asyncio.create_task(
+        expiry_sweep.sweep_periodically(engine, interval_seconds=60, policy=LifecyclePolicy())
+    )
+    while not recorder.events:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert recorder.events == [
+        (
+            "expiry_sweep_failed",
+            {
+                "error": "OperationalError",
+                "detail": "server closed the connection unexpectedly",
+            },
+        )
+    ]
