@@ -217,7 +217,12 @@ class AuditRecord(Base):
     shows as a gap; ``mission_seq`` numbers the records of one Mission."""
 
     __tablename__ = "audit_records"
-    __table_args__ = (UniqueConstraint("mission_id", "mission_seq"),)
+    __table_args__ = (
+        UniqueConstraint("mission_id", "mission_seq"),
+        # The writer's tamper check reads a Mission's last lifecycle record without walking
+        # back through its token and decision records.
+        Index(None, "mission_id", "event", "mission_seq"),
+    )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     mission_id: Mapped[str | None] = mapped_column(MISSION_ID)

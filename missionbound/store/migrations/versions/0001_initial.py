@@ -52,6 +52,12 @@ def upgrade() -> None:
             "mission_id", "mission_seq", name=op.f("uq_audit_records_mission_id_mission_seq")
         ),
     )
+    op.create_index(
+        op.f("ix_audit_records_mission_id_event_mission_seq"),
+        "audit_records",
+        ["mission_id", "event", "mission_seq"],
+        unique=False,
+    )
     op.create_table(
         "clients",
         sa.Column("client_id", sa.String(length=255), nullable=False),
@@ -321,5 +327,8 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_missions_client_id"), table_name="missions")
     op.drop_table("missions")
     op.drop_table("clients")
+    op.drop_index(
+        op.f("ix_audit_records_mission_id_event_mission_seq"), table_name="audit_records"
+    )
     op.drop_table("audit_records")
     op.drop_table("audit_chain_head")
