@@ -259,6 +259,6 @@ def test_a_bad_config_is_a_usage_error(tmp_path: Path) -> None:
 def test_the_demo_warning_knows_which_listening_addresses_stay_on_this_machine(
     host: str, loopback: bool
 ) -> None:
-    from missionbound.cli import _is_loopback_host
+    from missionbound.cli.serve import _is_loopback_host
 
     assert _is_loopback_host(host) is loopback

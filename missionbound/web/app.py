@@ -17,7 +17,7 @@ from missionbound.config import Settings
 from missionbound.mission.lifecycle import LifecyclePolicy
 from missionbound.store.engine import create_engine_for
 from missionbound.tenant import Tenant, load_tenant
-from missionbound.web import health, metadata
+from missionbound.web import health, jwks, metadata
 from missionbound.web.errors import install_error_handlers
 from missionbound.web.expiry_sweep import sweep_periodically
 from missionbound.web.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
@@ -72,4 +72,5 @@ def create_app(
     app.add_middleware(RequestLogMiddleware)
     app.include_router(health.router)
     app.include_router(metadata.router)
+    app.include_router(jwks.router)
     return app

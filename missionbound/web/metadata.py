@@ -22,6 +22,8 @@ WELL_KNOWN_PATH = "/.well-known/oauth-authorization-server"
 def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
     return {
         "issuer": settings.issuer,
+        # RFC 8414 section 2; served by missionbound.web.jwks.
+        "jwks_uri": f"{settings.issuer.rstrip('/')}/jwks",
         # RFC 9396 section 10: the one authorization details type we understand.
         "authorization_details_types_supported": ["mission_resource_access"],
         "mission_intent_max_size": settings.mission_intent_max_size,

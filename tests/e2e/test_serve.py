@@ -119,6 +119,12 @@ def test_serve_runs_the_demo_tenant_over_http(serve_demo: tuple[Server, str]) ->
     assert metadata.json()["issuer"] == server.base_url
     assert metadata.json()["mission_ladder_levels_supported"] == []
 
+    # A signing key was created at start and is published where the metadata says.
+    jwks = httpx.get(metadata.json()["jwks_uri"], timeout=5)
+    assert jwks.status_code == 200
+    [published] = jwks.json()["keys"]
+    assert published["alg"] == "ES256" and "d" not in published
+
     missing = httpx.get(f"{server.base_url}/no/such/path", timeout=5)
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
 
@@ -138,13 +144,17 @@ def test_serve_runs_the_demo_tenant_over_http(serve_demo: tuple[Server, str]) ->
     # Every log line is one JSON object; each request wrote exactly one line.
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     requests = [line for line in lines if line["event"] == "request"]
-    assert [(r["method"], r["path"], r["status"]) for r in requests][-3:] == [
+    assert [(r["method"], r["path"], r["status"]) for r in requests][-4:] == [
         ("GET", "/healthz", 200),
         ("GET", "/.well-known/oauth-authorization-server", 200),
+        ("GET", "/jwks", 200),
         ("GET", "/no/such/path", 404),
     ]
     assert all(isinstance(r["duration_ms"], float) for r in requests)
     assert any(line["event"] == "serving" and line["tenant"] == "demo" for line in lines)
+    assert any(
+        line["event"] == "signing_key_ready" and line["kid"] == published["kid"] for line in lines
+    )
     # SIGTERM shut the app down gracefully (lifespan shutdown ran).
     assert any(line["event"] == "Application shutdown complete." for line in lines)
 

@@ -25,6 +25,7 @@ async def test_metadata_names_the_configured_issuer_and_mission_members(
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {
         "issuer": ISSUER,
+        "jwks_uri": f"{ISSUER}/jwks",
         "authorization_details_types_supported": ["mission_resource_access"],
         "mission_intent_max_size": 16384,
         # Nothing is advertised before the surfaces that meet it exist.

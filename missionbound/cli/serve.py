@@ -1,0 +1,138 @@
+"""``missionbound serve``: migrate, make sure a signing key exists, serve HTTP."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+from rich.panel import Panel
+from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
+
+from missionbound.cli.common import (
+    ConfigOption,
+    DatabaseUrlOption,
+    database_error,
+    engine_from,
+    log,
+    settings_from,
+    stdout,
+    tenant_from,
+)
+from missionbound.config import Settings
+from missionbound.issuer.keys import ensure_signing_key
+from missionbound.store import Store
+from missionbound.store.migrate import current_revision, head_revision, upgrade_engine
+from missionbound.tenant import demo_credentials
+
+
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(help="Interface to listen on (default 127.0.0.1; also MISSIONBOUND_HOST)."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="TCP port (default 8000; also MISSIONBOUND_PORT).")
+    ] = None,
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    issuer: Annotated[
+        str | None,
+        typer.Option(help="Issuer URL (default http://<host>:<port>; also MISSIONBOUND_ISSUER)."),
+    ] = None,
+) -> None:
+    """Run the server: apply migrations, then serve HTTP until interrupted.
+
+    With no configuration this is the demo tenant, and its demo secrets are printed.
+    """
+    # Imported here: the other commands need neither uvicorn nor the web stack.
+    import uvicorn
+
+    from missionbound.web.app import create_app
+    from missionbound.web.logs import configure_logging
+
+    settings = settings_from(
+        config_file=config, host=host, port=port, database_url=database_url, issuer=issuer
+    )
+    configure_logging(settings.log_level)
+    tenant = tenant_from(settings)
+    engine = engine_from(settings)
+    try:
+        before = current_revision(engine)
+        upgrade_engine(engine)
+        log.info(
+            "database_ready",
+            database=settings.database_url_for_display,
+            migrated_from=before,
+            revision=head_revision(),
+        )
+        # Every replica runs this; racing ones may each add a key, all published.
+        kid = ensure_signing_key(Store(engine), datetime.now(UTC))
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        database_error(settings, exc)
+    log.info("signing_key_ready", kid=kid)
+    if tenant.is_demo:
+        print_demo_banner(settings)
+        if not (_is_loopback(settings.issuer) and _is_loopback_host(settings.host)):
+            # Either the issuer or the listening address reaches beyond this machine.
+            log.warning(
+                "demo_tenant_exposed",
+                issuer=settings.issuer,
+                host=settings.host,
+                detail="the demo tenant's secrets are public; configure a tenant",
+            )
+    application = create_app(settings, tenant=tenant, engine=engine)
+    log.info("serving", issuer=settings.issuer, tenant=tenant.name, role=settings.role)
+    try:
+        # One process: on SQLite the database serializes writers anyway, and scaling out is
+        # N replicas on PostgreSQL (DESIGN.md "Scale-out"), not workers sharing one file.
+        uvicorn.run(
+            application,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # keep the JSON pipeline configure_logging installed
+            access_log=False,  # RequestLogMiddleware writes the one line per request
+        )
+    finally:
+        engine.dispose()
+
+
+def print_demo_banner(settings: Settings) -> None:
+    table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+    table.add_column("kind")
+    table.add_column("name")
+    table.add_column("password / secret")
+    table.add_column("")
+    for credential in demo_credentials():
+        table.add_row(credential.kind, credential.name, credential.secret, credential.note)
+    stdout().print(
+        Panel(
+            table,
+            title="[bold yellow]missionbound demo tenant: DEMO SECRETS[/]",
+            subtitle="public values, refused by any configured tenant",
+            expand=False,
+        )
+    )
+    stdout().print(
+        f"issuer   {settings.issuer}\n"
+        f"database {settings.database_url_for_display}\n"
+        f"docs     {settings.issuer}/docs",
+        highlight=False,
+    )
+
+
+def _is_loopback(issuer: str) -> bool:
+    return _is_loopback_host(urlsplit(issuer).hostname or "")
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
