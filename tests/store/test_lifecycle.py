@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from missionbound.mission.canonical import digest_json
 from missionbound.mission.errors import (
@@ -19,7 +21,7 @@ from missionbound.mission.errors import (
 from missionbound.mission.lifecycle import TRANSITIONS, Event, Role, State
 from missionbound.mission.record import MissionRecord
 from missionbound.store import missions
-from missionbound.store.lifecycle import expire_due, transition
+from missionbound.store.lifecycle import TransitionResult, expire_due, transition
 from missionbound.store.models import AuditRecord, Mission, OutboxEvent
 from missionbound.store.transactions import Store
 from tests.store.factories import ISSUER, T0, Traces, count_traces, make_approval
@@ -38,6 +40,13 @@ ROLE_FOR = {
 }
 
 
+def by_admin(session: Session, mission_id: str, event: Event, **overrides: Any) -> TransitionResult:
+    """``transition`` as an administrator at ``LATER`` with no reason, unless overridden."""
+    arguments: dict[str, Any] = {"roles": {Role.ADMIN}, "actor": ADMIN, "reason": None,
+                                 "now": LATER, **overrides}
+    return transition(session, mission_id, event, **arguments)
+
+
 def _mission_in(state: State, store: Store, create_mission: CreateMission) -> MissionRecord:
     record = create_mission()
     if state is State.PENDING_APPROVAL:
@@ -51,15 +60,8 @@ def _mission_in(state: State, store: Store, create_mission: CreateMission) -> Mi
         )
     if state is State.SUSPENDED:
         with store.begin() as session:
-            result = transition(
-                session,
-                record.mission_id,
-                Event.SUSPEND,
-                roles={Role.ADMIN},
-                actor=ADMIN,
-                reason="setup",
-                now=T0 + timedelta(minutes=2),
-            )
+            result = by_admin(session, record.mission_id, Event.SUSPEND, reason="setup",
+                              now=T0 + timedelta(minutes=2))
     assert result.record.state is state
     return result.record
 
@@ -164,15 +166,7 @@ def test_revoking_a_revoked_mission_is_an_idempotent_success(
     mission = _mission_in(State.ACTIVE, store, create_mission)
     for _ in range(2):
         with store.begin() as session:
-            result = transition(
-                session,
-                mission.mission_id,
-                Event.REVOKE,
-                roles={Role.ADMIN},
-                actor=ADMIN,
-                reason="stop",
-                now=LATER,
-            )
+            result = by_admin(session, mission.mission_id, Event.REVOKE, reason="stop")
     assert not result.decision.changed and result.record.state is State.REVOKED
     with store.read() as session:
         assert count_traces(session, mission.mission_id) == Traces(3, 3, 3)
@@ -241,27 +235,9 @@ def test_expected_version_guards_against_a_stale_view(
         pytest.raises(ConcurrentModification, match="expected version 1"),
         store.begin() as session,
     ):
-        transition(
-            session,
-            mission.mission_id,
-            Event.SUSPEND,
-            roles={Role.ADMIN},
-            actor=ADMIN,
-            reason=None,
-            now=LATER,
-            expected_version=1,
-        )
+        by_admin(session, mission.mission_id, Event.SUSPEND, expected_version=1)
     with store.begin() as session:
-        result = transition(
-            session,
-            mission.mission_id,
-            Event.SUSPEND,
-            roles={Role.ADMIN},
-            actor=ADMIN,
-            reason=None,
-            now=LATER,
-            expected_version=2,
-        )
+        result = by_admin(session, mission.mission_id, Event.SUSPEND, expected_version=2)
     assert (result.record.state, result.record.version) == (State.SUSPENDED, 3)
 
 
@@ -329,15 +305,7 @@ def test_expiry_is_persisted_first_with_its_own_traces_then_the_event_is_refused
     mission = _mission_in(State.ACTIVE, store, create_mission)
     after_expiry = mission.mission_expiry + timedelta(seconds=1)
     with pytest.raises(ConcurrentModification, match="expired"), store.begin() as session:
-        transition(
-            session,
-            mission.mission_id,
-            Event.SUSPEND,
-            roles={Role.ADMIN},
-            actor=ADMIN,
-            reason="too late",
-            now=after_expiry,
-        )
+        by_admin(session, mission.mission_id, Event.SUSPEND, reason="too late", now=after_expiry)
     with store.read() as session:
         stored = missions.get(session, mission.mission_id)
         assert count_traces(session, mission.mission_id) == Traces(3, 3, 3)
@@ -397,15 +365,7 @@ def test_expire_due_sweeps_every_due_mission_once(
     live = _mission_in(State.ACTIVE, store, lambda: create_mission(lifetime=timedelta(days=3)))
     revoked = _mission_in(State.ACTIVE, store, lambda: create_mission(lifetime=short))
     with store.begin() as session:
-        transition(
-            session,
-            revoked.mission_id,
-            Event.REVOKE,
-            roles={Role.ADMIN},
-            actor=ADMIN,
-            reason=None,
-            now=T0 + timedelta(minutes=5),
-        )
+        by_admin(session, revoked.mission_id, Event.REVOKE, now=T0 + timedelta(minutes=5))
     sweep_at: datetime = T0 + short
     with store.begin() as session:
         assert expire_due(session, sweep_at) == 3
@@ -440,15 +400,7 @@ def test_an_unknown_stored_state_is_refused_not_read_as_active(
     with store.read() as session, pytest.raises(InvalidState):
         missions.get(session, mission.mission_id)
     with pytest.raises(InvalidState), store.begin() as session:
-        transition(
-            session,
-            mission.mission_id,
-            Event.REVOKE,
-            roles={Role.ADMIN},
-            actor=ADMIN,
-            reason=None,
-            now=LATER,
-        )
+        by_admin(session, mission.mission_id, Event.REVOKE)
 
 
 def test_commit_transition_commits_to_the_record_it_writes_not_to_the_row_object(
@@ -561,28 +513,10 @@ def test_a_retry_of_a_committed_request_succeeds_but_a_future_version_is_a_409(
     mission = _mission_in(State.ACTIVE, store, create_mission)  # version 2
     for _ in range(2):  # the request, then its retry after it committed
         with store.begin() as session:
-            result = transition(
-                session,
-                mission.mission_id,
-                Event.SUSPEND,
-                roles={Role.ADMIN},
-                actor=ADMIN,
-                reason=None,
-                now=LATER,
-                expected_version=2,
-            )
+            result = by_admin(session, mission.mission_id, Event.SUSPEND, expected_version=2)
         assert (result.record.state, result.record.version) == (State.SUSPENDED, 3)
     assert not result.decision.changed
     with pytest.raises(ConcurrentModification), store.begin() as session:
-        transition(
-            session,
-            mission.mission_id,
-            Event.SUSPEND,
-            roles={Role.ADMIN},
-            actor=ADMIN,
-            reason=None,
-            now=LATER,
-            expected_version=4,
-        )
+        by_admin(session, mission.mission_id, Event.SUSPEND, expected_version=4)
     with store.read() as session:
         assert count_traces(session, mission.mission_id) == Traces(3, 3, 3)
