@@ -287,3 +287,29 @@ async def test_a_failed_sweep_is_logged_without_sql_or_parameters(
             },
         )
     ]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # SQLite has no row locks
+def test_the_sweep_skips_a_mission_another_writer_holds_instead_of_waiting(
+    engine: Engine, store: Store, active_mission: CreateMission
+) -> None:
+    import threading
+
+    now = datetime.now(UTC)
+    held = active_mission(created_at=now - timedelta(hours=2), lifetime=timedelta(hours=1))
+    free = active_mission(created_at=now - timedelta(hours=2), lifetime=timedelta(hours=1))
+    moved: list[int] = []
+    with engine.connect() as other, other.begin():
+        # Another replica (or a derivation in flight) holds this Mission's row.
+        other.execute(text("SELECT 1 FROM missions WHERE mission_id = :m FOR UPDATE"),
+                      {"m": held.mission_id})
+        sweeper = threading.Thread(
+            target=lambda: moved.append(sweep_once(store, now, LifecyclePolicy())), daemon=True)
+        sweeper.start()
+        sweeper.join(timeout=15)
+        assert not sweeper.is_alive(), "the sweep waited for a row another writer holds"
+    assert moved == [1]
+    assert stored_state(store, free.mission_id) is State.EXPIRED
+    assert stored_state(store, held.mission_id) is State.ACTIVE  # left for its holder or later
+    assert sweep_once(store, now, LifecyclePolicy()) == 1  # released: the next tick takes it
+    assert stored_state(store, held.mission_id) is State.EXPIRED
