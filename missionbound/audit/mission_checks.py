@@ -177,7 +177,7 @@ def check_copied_columns(mission_id: str, row: MissionRow, record: dict[str, Any
     columns, so a column moved away from the record (``mission_expiry`` pushed out) is a
     break. Times compare in the record's format (whole seconds)."""
     copies: tuple[tuple[str, Any, Any], ...] = (
-        ("subject_sub", row.subject_sub, record["subject"]["sub"]),
+        ("subject_sub", row.subject_sub, (record.get("subject") or {}).get("sub")),
         ("client_id", row.client_id, record["client_id"]),
         ("created_at", instant(row.created_at), record["created_at"]),
         ("mission_expiry", instant(row.mission_expiry), record["mission_expiry"]),

@@ -82,7 +82,7 @@ def mission_list(
         table.add_row(
             record.mission_id,
             state_label(record, now, policy),
-            escape(record.subject.sub),
+            escape(record.subject.sub) if record.subject else "(at approval)",
             escape(record.client_id),
             format_instant(record.mission_expiry),
             escape(str(record.mission_intent.get("goal", ""))),
@@ -160,7 +160,8 @@ def print_mission(record: MissionRecord, now: datetime, policy: LifecyclePolicy)
         ("state", state_label(record, now, policy)),
         ("version", str(record.version)),
         ("goal", record.mission_intent.get("goal")),
-        ("subject", f"{record.subject.sub} ({record.subject.iss})"),
+        ("subject", f"{record.subject.sub} ({record.subject.iss})" if record.subject
+         else "established at approval"),
         ("approver", record.approver.sub if record.approver else None),
         ("client", record.client_id),
         ("origin", record.origin),

@@ -53,7 +53,9 @@ class MissionRecord:
     authorization_details_requested: list[Any]
     authority_set: list[Any]
     narrowing_decisions: list[Any]
-    subject: Principal
+    # None only while pending_approval without a login_hint: the AS establishes the Subject
+    # at approval (PROFILE.md section 5; decision A18).
+    subject: Principal | None
     client_id: str
     policy_version: str
     created_at: datetime
@@ -98,7 +100,7 @@ class MissionRecord:
             "authority_hash": self.authority_hash,
             "consent_disclosure": self.consent_disclosure,
             "narrowing_decisions": self.narrowing_decisions,
-            "subject": self.subject.as_dict(),
+            "subject": self.subject.as_dict() if self.subject else None,
             "approver": self.approver.as_dict() if self.approver else None,
             "client_id": self.client_id,
             "policy_version": self.policy_version,

@@ -98,7 +98,7 @@ def create_pending(
         state=State.PENDING_APPROVAL.value,
         version=1,
         record=record_json(record),
-        subject_sub=record.subject.sub,
+        subject_sub=record.subject.sub if record.subject else None,
         client_id=record.client_id,
         created_at=record.created_at,
         mission_expiry=record.mission_expiry,
@@ -195,6 +195,7 @@ def approve(
     authority_set: list[Any],
     policy_version: str,
     now: datetime,
+    subject: Principal | None = None,
     reason: str | None = None,
     policy: LifecyclePolicy = DEFAULT_POLICY,
 ) -> TransitionResult:
@@ -213,6 +214,11 @@ def approve(
     whose ``approver`` names ``approver`` and whose ``subject`` names the stored subject
     (``iss`` and ``sub``); anything else is an :class:`InvalidRequest`, nothing written.
 
+    ``subject`` is the Subject the AS established at approval, for a Mission pushed without
+    one (decision A18); for a Mission that names its Subject it may be omitted or must be
+    that Subject. Whether the Approver may approve for the Subject is the issuer's policy
+    check, made before this call.
+
     Idempotent on ``approval_event_id``: replaying the same approval returns the Mission
     unchanged and writes nothing. A different approval of an already approved Mission is a
     409 :class:`ConcurrentModification`; an ``approval_event_id`` already used by another
@@ -225,6 +231,8 @@ def approve(
     _check_approval_inputs(
         approver, approval_event_id, consent_disclosure, authority_set, policy_version
     )
+    if subject is not None and not isinstance(subject, Principal):
+        raise InvalidRequest("subject must be a Principal")
     check_trace_inputs(approver.as_dict(), reason, now)
     claimed = session.scalar(
         select(Mission.mission_id).where(Mission.approval_event_id == approval_event_id)
@@ -249,6 +257,7 @@ def approve(
         members = _approval_members(
             row.record,
             approver=approver,
+            subject=subject,
             approval_event_id=approval_event_id,
             anchors=anchors,
             consent_disclosure=consent_disclosure,
@@ -266,6 +275,7 @@ def approve(
                 now=now,
                 column_updates={
                     "record": {**row.record, **members},
+                    "subject_sub": members["subject"]["sub"],
                     "activated_at": now,
                     "approval_event_id": approval_event_id,
                 },
@@ -281,6 +291,7 @@ def _approval_members(
     stored: dict[str, Any],
     *,
     approver: Principal,
+    subject: Principal | None,
     approval_event_id: str,
     anchors: Anchors | Mapping[str, str],
     consent_disclosure: dict[str, Any],
@@ -292,6 +303,7 @@ def _approval_members(
     one derived at PAR and that the anchors commit to them: the store never keeps an
     anchor an auditor could not recompute (section 5)."""
     _check_derived_authority(stored, authority_set)
+    established = _established_subject(stored.get("subject"), subject)
     given = anchors.as_dict() if isinstance(anchors, Anchors) else dict(anchors)
     expected = compute_anchors(
         stored["origin"],
@@ -305,7 +317,7 @@ def _approval_members(
         proposal_hash=expected["proposal_hash"],
         authority_hash=expected["authority_hash"],
         approver=approver,
-        subject=stored["subject"],
+        subject=established,
     )
     for name, value in expected.items():
         if given.get(name) != value:
@@ -313,6 +325,7 @@ def _approval_members(
     if set(given) - set(expected):
         raise InvalidRequest("unknown anchor name")
     return {
+        "subject": established,
         "approver": approver.as_dict(),
         **expected,
         # Copies: the caller's objects must not alias what the session will write.
@@ -324,13 +337,28 @@ def _approval_members(
     }
 
 
+def _established_subject(stored: Any, given: Principal | None) -> dict[str, str]:
+    """The Subject the approved Mission records: the one pushed at PAR, or the one the AS
+    established at approval when none was pushed; never two different ones."""
+    if stored is None:
+        if given is None:
+            raise InvalidRequest("the Mission has no Subject yet: approval must establish one")
+        return given.as_dict()
+    if not isinstance(stored, dict):
+        raise InvalidRequest("the stored subject is not an object")
+    principal = {"iss": stored.get("iss"), "sub": stored.get("sub")}
+    if given is not None and given.as_dict() != principal:
+        raise InvalidRequest("subject differs from the Subject the Mission was pushed for")
+    return principal
+
+
 def _check_disclosure(
     disclosure: dict[str, Any],
     *,
     proposal_hash: str,
     authority_hash: str,
     approver: Principal,
-    subject: Any,
+    subject: dict[str, str],
 ) -> None:
     """The consent disclosure (``mission/consent.py``, ``build_consent_disclosure``) is what
     ``consent_rendering_hash`` anchors: it must be the page rendered for this Mission and
@@ -344,7 +372,7 @@ def _check_disclosure(
         )
     for member, principal in (
         ("approver", approver.as_dict()),
-        ("subject", {"iss": subject.get("iss"), "sub": subject.get("sub")}),
+        ("subject", subject),
     ):
         shown = disclosure.get(member)
         if not isinstance(shown, dict) or any(
@@ -398,5 +426,9 @@ def _check_new_record(record: MissionRecord) -> None:
     require_aware(record.mission_expiry, "mission_expiry")
     if record.mission_expiry <= record.created_at:
         raise InvalidRequest("mission_expiry must be after created_at")
-    if len(record.subject.sub) > 255 or len(record.client_id) > 255:
+    if record.subject is not None and not isinstance(record.subject, Principal):
+        raise InvalidRequest("subject must be a Principal or None")
+    if (record.subject is not None and len(record.subject.sub) > 255) or len(
+        record.client_id
+    ) > 255:
         raise InvalidRequest("subject and client_id are limited to 255 characters")

@@ -90,7 +90,7 @@ class Mission(Base):
     state: Mapped[str] = mapped_column(STATE)
     version: Mapped[int] = mapped_column(Integer)
     record: Mapped[dict[str, Any]]
-    subject_sub: Mapped[str] = mapped_column(ID, index=True)
+    subject_sub: Mapped[str | None] = mapped_column(ID, index=True)
     client_id: Mapped[str] = mapped_column(ID, index=True)
     created_at: Mapped[datetime]
     mission_expiry: Mapped[datetime]
@@ -198,6 +198,19 @@ class IssuedToken(Base):
     aud: Mapped[Any] = mapped_column(JSONColumn, nullable=True)
     issued_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+    # RFC 7009: an access token revoked before it expires (introspection then says inactive).
+    revoked_at: Mapped[datetime | None]
+
+
+class ServerSecret(Base):
+    """Random secrets every replica must share (session and CSRF MACs, DPoP nonces): made
+    once by whichever replica asks first, never leaving the database."""
+
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
 
 
 class SingleUseId(Base):

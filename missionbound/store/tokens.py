@@ -45,6 +45,7 @@ def record_issued_token(
         aud=aud_value,
         issued_at=issued_at,
         expires_at=expires_at,
+        revoked_at=None,
     )
     session.add(token)
     session.flush()
@@ -53,6 +54,19 @@ def record_issued_token(
 
 def get_issued_token(session: Session, jti: str) -> IssuedToken | None:
     return session.get(IssuedToken, jti)
+
+
+def revoke_issued_token(session: Session, jti: str, *, now: datetime) -> bool:
+    """RFC 7009 for a JWT access token: mark it revoked; False when unknown. Revoking twice
+    keeps the first instant."""
+    require_aware(now, "now")
+    token = session.get(IssuedToken, jti)
+    if token is None:
+        return False
+    if token.revoked_at is None:
+        token.revoked_at = now
+        session.flush()
+    return True
 
 
 def tokens_for_mission(

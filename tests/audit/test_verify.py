@@ -609,7 +609,7 @@ def test_a_member_of_the_wrong_type_is_named(
         store.engine, "missions", "record", "mission_id", second.mission_id, json.dumps(record)
     )
     assert re.fullmatch(
-        rf"record of {second.mission_id} cannot be read: TypeError: .+",
+        rf"record of {second.mission_id} cannot be read: (TypeError|AttributeError): .+",
         _report(store).first_break or "",
     )
 

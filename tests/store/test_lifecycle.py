@@ -422,6 +422,7 @@ def test_commit_transition_commits_to_the_record_it_writes_not_to_the_row_object
         members = missions._approval_members(
             row.record,
             approver=approval.approver,
+            subject=None,
             approval_event_id=approval.approval_event_id,
             anchors=approval.anchors,
             consent_disclosure=approval.consent_disclosure,

@@ -72,7 +72,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=32), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("record", sa.JSON(), nullable=False),
-        sa.Column("subject_sub", sa.String(length=255), nullable=False),
+        sa.Column("subject_sub", sa.String(length=255), nullable=True),
         sa.Column("client_id", sa.String(length=255), nullable=False),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.Column("mission_expiry", TIMESTAMP, nullable=False),
@@ -174,6 +174,7 @@ def upgrade() -> None:
         sa.Column("aud", sa.JSON(), nullable=True),
         sa.Column("issued_at", TIMESTAMP, nullable=False),
         sa.Column("expires_at", TIMESTAMP, nullable=False),
+        sa.Column("revoked_at", TIMESTAMP, nullable=True),
         sa.ForeignKeyConstraint(
             ["mission_id"],
             ["missions.mission_id"],
@@ -183,6 +184,13 @@ def upgrade() -> None:
     )
     op.create_index(
         op.f("ix_issued_tokens_mission_id"), "issued_tokens", ["mission_id"], unique=False
+    )
+    op.create_table(
+        "server_secrets",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.String(length=128), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_server_secrets")),
     )
     op.create_table(
         "mission_history",
@@ -311,6 +319,7 @@ def downgrade() -> None:
     )
     op.drop_table("pushed_authorization_requests")
     op.drop_table("mission_history")
+    op.drop_table("server_secrets")
     op.drop_index(op.f("ix_issued_tokens_mission_id"), table_name="issued_tokens")
     op.drop_table("issued_tokens")
     op.drop_table("derivation_counters")
