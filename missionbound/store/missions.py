@@ -344,9 +344,11 @@ def _established_subject(stored: Any, given: Principal | None) -> dict[str, str]
         if given is None:
             raise InvalidRequest("the Mission has no Subject yet: approval must establish one")
         return given.as_dict()
-    if not isinstance(stored, dict):
-        raise InvalidRequest("the stored subject is not an object")
-    principal = {"iss": stored.get("iss"), "sub": stored.get("sub")}
+    if not isinstance(stored, dict) or not all(
+        isinstance(stored.get(name), str) for name in ("iss", "sub")
+    ):
+        raise InvalidRequest("the stored subject is not an {iss, sub} object")
+    principal = {"iss": stored["iss"], "sub": stored["sub"]}
     if given is not None and given.as_dict() != principal:
         raise InvalidRequest("subject differs from the Subject the Mission was pushed for")
     return principal
