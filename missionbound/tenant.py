@@ -9,6 +9,7 @@ and their plaintext is dropped; the demo secrets are refused anywhere but in the
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -80,8 +81,26 @@ class SecretHash:
     def matches(self, candidate: str) -> bool:
         return hmac.compare_digest(self.digest, _digest(self.algorithm, self.salt, candidate))
 
+    def encode(self) -> str:
+        """``algorithm$salt$digest`` (base64url): how a registered client's secret hash is
+        stored (``clients.secret_hash``)."""
+        return "$".join((self.algorithm, _b64(self.salt), _b64(self.digest)))
+
+    @classmethod
+    def decode(cls, value: str) -> SecretHash:
+        algorithm, salt, digest = value.split("$")
+        return cls(algorithm, _unb64(salt), _unb64(digest))
+
     def __repr__(self) -> str:
         return f"SecretHash({self.algorithm}, ...)"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _digest(algorithm: str, salt: bytes, plaintext: str) -> bytes:

@@ -29,7 +29,13 @@ from missionbound.mission.lifecycle import (
     decide_transition,
     parse_state,
 )
-from missionbound.mission.record import MissionRecord, Principal, check_mission_id, format_instant
+from missionbound.mission.record import (
+    MISSION_ID,
+    MissionRecord,
+    Principal,
+    check_mission_id,
+    format_instant,
+)
 from missionbound.store.errors import MissionRecordTampered
 from missionbound.store.lifecycle import (
     AUDIT_CREATED,
@@ -148,6 +154,13 @@ def get(session: Session, mission_id: str) -> MissionRecord | None:
     if row is None:
         return None
     return to_record(row, load_history(session, [mission_id])[mission_id])
+
+
+def mission_exists(session: Session, mission_id: Any) -> bool:
+    """Whether ``mission_id`` names a stored Mission (False for anything malformed)."""
+    if not isinstance(mission_id, str) or not MISSION_ID.fullmatch(mission_id):
+        return False
+    return session.get(Mission, mission_id) is not None
 
 
 def list_missions(

@@ -200,6 +200,9 @@ class IssuedToken(Base):
     expires_at: Mapped[datetime]
     # RFC 7009: an access token revoked before it expires (introspection then says inactive).
     revoked_at: Mapped[datetime | None]
+    # The grant it came from (its refresh token family): a replayed code or refresh token
+    # revokes every token of that grant (RFC 6749 section 4.1.2, PROFILE.md section 8).
+    grant_id: Mapped[str | None] = mapped_column(ID, index=True)
 
 
 class ServerSecret(Base):

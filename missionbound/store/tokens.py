@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from missionbound.mission.errors import InvalidRequest
@@ -27,6 +27,7 @@ def record_issued_token(
     aud: str | list[str] | None,
     issued_at: datetime,
     expires_at: datetime,
+    grant_id: str | None = None,
 ) -> IssuedToken:
     if not isinstance(jti, str) or not 0 < len(jti) <= 255:
         raise InvalidRequest("jti must be 1 to 255 characters")
@@ -46,6 +47,7 @@ def record_issued_token(
         issued_at=issued_at,
         expires_at=expires_at,
         revoked_at=None,
+        grant_id=grant_id,
     )
     session.add(token)
     session.flush()
@@ -67,6 +69,19 @@ def revoke_issued_token(session: Session, jti: str, *, now: datetime) -> bool:
         token.revoked_at = now
         session.flush()
     return True
+
+
+def revoke_grant_tokens(session: Session, grant_id: str, *, now: datetime) -> int:
+    """Revoke every unrevoked token minted from the grant ``grant_id``; returns how many."""
+    require_aware(now, "now")
+    result = session.execute(
+        update(IssuedToken)
+        .where(IssuedToken.grant_id == grant_id, IssuedToken.revoked_at.is_(None))
+        .values(revoked_at=now),
+        execution_options={"synchronize_session": False},
+    )
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 def tokens_for_mission(

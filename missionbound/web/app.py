@@ -14,13 +14,16 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from missionbound.config import Settings
+from missionbound.issuer.server import MissionIssuer
 from missionbound.mission.lifecycle import LifecyclePolicy
 from missionbound.store.engine import create_engine_for
+from missionbound.store.transactions import Store
 from missionbound.tenant import Tenant, load_tenant
-from missionbound.web import health, jwks, metadata
+from missionbound.web import approval, health, jwks, metadata, oauth
 from missionbound.web.errors import install_error_handlers
 from missionbound.web.expiry_sweep import sweep_periodically
 from missionbound.web.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
+from missionbound.web.pages import mount_static
 
 
 def create_app(
@@ -65,6 +68,7 @@ def create_app(
     app.state.settings = settings
     app.state.tenant = tenant
     app.state.engine = db
+    app.state.issuer = MissionIssuer(settings=settings, tenant=tenant, store=Store(db))
 
     install_error_handlers(app)
     # add_middleware stacks outward: the request log wraps the body limit, so it sees 413s too.
@@ -73,4 +77,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(metadata.router)
     app.include_router(jwks.router)
+    app.include_router(oauth.router)
+    app.include_router(approval.router)
+    mount_static(app)
     return app

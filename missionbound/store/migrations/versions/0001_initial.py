@@ -175,6 +175,7 @@ def upgrade() -> None:
         sa.Column("issued_at", TIMESTAMP, nullable=False),
         sa.Column("expires_at", TIMESTAMP, nullable=False),
         sa.Column("revoked_at", TIMESTAMP, nullable=True),
+        sa.Column("grant_id", sa.String(length=255), nullable=True),
         sa.ForeignKeyConstraint(
             ["mission_id"],
             ["missions.mission_id"],
@@ -184,6 +185,9 @@ def upgrade() -> None:
     )
     op.create_index(
         op.f("ix_issued_tokens_mission_id"), "issued_tokens", ["mission_id"], unique=False
+    )
+    op.create_index(
+        op.f("ix_issued_tokens_grant_id"), "issued_tokens", ["grant_id"], unique=False
     )
     op.create_table(
         "server_secrets",
@@ -320,6 +324,7 @@ def downgrade() -> None:
     op.drop_table("pushed_authorization_requests")
     op.drop_table("mission_history")
     op.drop_table("server_secrets")
+    op.drop_index(op.f("ix_issued_tokens_grant_id"), table_name="issued_tokens")
     op.drop_index(op.f("ix_issued_tokens_mission_id"), table_name="issued_tokens")
     op.drop_table("issued_tokens")
     op.drop_table("derivation_counters")

@@ -1,0 +1,78 @@
+"""The refresh token grant (RFC 6749 section 6) with rotation on every use and family
+revocation on reuse (PROFILE.md section 8, RFC 9700 section 4.14.2), as an Authlib grant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authlib.oauth2.rfc6749 import InvalidRequestError
+from authlib.oauth2.rfc6749.grants import RefreshTokenGrant
+from sqlalchemy.orm import Session
+
+from missionbound.issuer.authorization_code import revoke_grant
+from missionbound.issuer.client_auth import CLIENT_AUTH_METHODS
+from missionbound.issuer.issuance import derive_tokens, token_response
+from missionbound.issuer.opaque import opaque_hash
+from missionbound.issuer.token_endpoint import require_same_key, token_request_proof
+from missionbound.store.errors import RefreshTokenReused
+from missionbound.store.models import RefreshToken
+from missionbound.store.refresh import rotate_refresh_token
+from missionbound.store.transactions import run_after_rollback
+
+
+class MissionRefreshTokenGrant(RefreshTokenGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = list(CLIENT_AUTH_METHODS)  # noqa: RUF012
+
+    def validate_token_request(self) -> None:
+        request = self.request
+        client = self._validate_request_client()
+        request.client = client
+        value = request.form.get("refresh_token")
+        if not value:
+            raise InvalidRequestError("Missing 'refresh_token' in request.")
+        session = request.session()
+        token_hash = opaque_hash(value)
+        try:
+            # Rotation is the redemption: exactly one of two racing uses gets the row.
+            request.refresh_token = rotate_refresh_token(
+                session, token_hash, client_id=client.client_id, now=request.now
+            )
+        except RefreshTokenReused:
+            family_id = _family_of(session, token_hash)
+            if family_id is not None:
+                now = request.now
+                # The store revokes the family; the access tokens of the grant go too.
+                run_after_rollback(
+                    session, f"refresh-replay:{family_id}",
+                    lambda fresh: revoke_grant(fresh, family_id, now=now),
+                )
+            raise
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        request = self.request
+        issuer = self.server
+        client = request.client
+        token = request.refresh_token
+        proof = token_request_proof(issuer, request, client)
+        require_same_key(proof, token.dpop_jkt, "refresh token")
+        derived = derive_tokens(
+            request.session(),
+            issuer=issuer.issuer,
+            signer=issuer.signer(),
+            mission_id=token.mission_id,
+            client_id=client.client_id,
+            grant_type=self.GRANT_TYPE,
+            grant_id=token.family_id,
+            new_grant=False,
+            resources=request.values("resource"),
+            jkt=proof.jkt if proof is not None else None,
+            bind_refresh_to=None,
+            now=request.now,
+            policy=issuer.lifecycle_policy,
+        )
+        return 200, token_response(derived, request.now), self.TOKEN_RESPONSE_HEADER
+
+
+def _family_of(session: Session, token_hash: str) -> str | None:
+    row = session.get(RefreshToken, token_hash)
+    return row.family_id if row is not None else None
