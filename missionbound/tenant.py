@@ -43,7 +43,7 @@ _USER_KEYS = frozenset({"username", "password", "display_name", "roles", "may_ap
 _CLIENT_KEYS = frozenset(
     {
         "client_id", "client_name", "client_secret", "token_endpoint_auth_methods",
-        "redirect_uris", "mission_resources", "mission_purposes_registered",
+        "redirect_uris", "mission_resources", "mission_purposes_registered", "audiences",
     }
 ) | _RFC7591_METADATA  # fmt: skip
 
@@ -148,6 +148,9 @@ class Client:
     # Purposes the client declared (PROFILE.md section 3); None = it declared none.
     mission_purposes_registered: frozenset[str] | None
     secret_hash: SecretHash | None = field(repr=False)
+    # The resources this client serves as a Resource Server or PEP: introspection and Mission
+    # Status show it only what concerns these audiences (PROFILE.md section 10).
+    audiences: frozenset[str] = frozenset()
     # Other RFC 7591 metadata (jwks, grant_types, ...), uninterpreted here.
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
@@ -315,6 +318,9 @@ def _load_clients(
             redirect_uris=tuple(_strings(entry.get("redirect_uris", []), f"{at}.redirect_uris")),
             mission_resources=_client_ceiling(resources_raw, catalog, at),
             mission_purposes_registered=registered,
+            audiences=frozenset(
+                _strings(_substitute_issuer(entry.get("audiences", []), issuer), f"{at}.audiences")
+            ),
             secret_hash=SecretHash.of(secret, "sha256") if secret is not None else None,
             metadata={key: value for key, value in entry.items() if key in _RFC7591_METADATA},
         )

@@ -24,6 +24,9 @@ from missionbound.store.transactions import Store
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 CONFIDENTIAL_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 
+# private_key_jwt assertion algorithms (joserfc's recommended asymmetric set).
+ASSERTION_ALGS = ("ES256", "ES384", "PS256", "RS256")
+
 # RFC 7523 section 3 item 4 allows a small leeway for clock skew.
 ASSERTION_LEEWAY_SECONDS = 60
 # How long a used assertion jti is remembered: longer than any assertion we accept can live

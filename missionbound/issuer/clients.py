@@ -36,6 +36,8 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
     jwks: Mapping[str, Any] | None = None
     # RFC 9449 section 5.2: this client's access tokens must always be DPoP-bound.
     dpop_bound_access_tokens: bool = False
+    # Resources this client serves (introspection and status audience minimization).
+    audiences: frozenset[str] = frozenset()
 
     @property
     def is_public(self) -> bool:
@@ -83,6 +85,7 @@ def from_configured(client: ConfiguredClient) -> OAuthClient:
         secret=client.secret_hash,
         jwks=metadata.get("jwks"),
         dpop_bound_access_tokens=bool(metadata.get("dpop_bound_access_tokens", False)),
+        audiences=client.audiences,
     )
 
 

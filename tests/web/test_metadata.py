@@ -1,4 +1,4 @@
-"""RFC 8414 metadata: the issuer and only the Mission members that are true today."""
+"""RFC 8414 metadata: the issuer, its endpoints and only the Mission members that are true."""
 
 from __future__ import annotations
 
@@ -23,15 +23,23 @@ async def test_metadata_names_the_configured_issuer_and_mission_members(
     response = await client.get(WELL_KNOWN)
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {
-        "issuer": ISSUER,
-        "jwks_uri": f"{ISSUER}/jwks",
-        "authorization_details_types_supported": ["mission_resource_access"],
-        "mission_intent_max_size": 16384,
-        # Nothing is advertised before the surfaces that meet it exist.
-        "mission_ladder_levels_supported": [],
-        "mission_bound_authorization_supported": False,
-    }
+    metadata = response.json()
+    assert metadata["issuer"] == ISSUER
+    assert metadata["jwks_uri"] == f"{ISSUER}/jwks"
+    assert metadata["authorization_details_types_supported"] == ["mission_resource_access"]
+    assert metadata["mission_intent_max_size"] == 16384
+    assert metadata["mission_ladder_levels_supported"] == [1]
+    assert metadata["mission_bound_authorization_supported"] is True
+    # Mission requests come only through PAR (PROFILE.md section 3), PKCE is S256 only
+    # (section 5), authorization responses carry iss (RFC 9207).
+    assert metadata["require_pushed_authorization_requests"] is True
+    assert metadata["pushed_authorization_request_endpoint"] == f"{ISSUER}/par"
+    assert metadata["code_challenge_methods_supported"] == ["S256"]
+    assert metadata["authorization_response_iss_parameter_supported"] is True
+    assert "ES256" in metadata["dpop_signing_alg_values_supported"]
+    assert "none" not in metadata["dpop_signing_alg_values_supported"]
+    assert metadata["response_types_supported"] == ["code"]
+    assert set(metadata["grant_types_supported"]) == {"authorization_code", "refresh_token"}
 
 
 async def test_metadata_advertises_no_endpoint_that_does_not_exist(
