@@ -34,3 +34,19 @@ def test_preview_refuses_a_bad_intent_with_the_oauth_error(tmp_path: Path) -> No
     result = run(str(intent), tmp_path=tmp_path)
     assert result.returncode == 1
     assert json.loads(result.stdout)["error"] == "invalid_request"
+
+
+def test_demo_agent_gets_mission_bound_tokens_from_a_running_server(tmp_path: Path) -> None:
+    # The README quickstart: `make run`, then the demo agent, approving by script as bob.
+    from tests.e2e_support import running_server
+
+    with running_server(tmp_path) as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MISSIONBOUND_")}
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "demo_agent.py"),
+             "--issuer", server.base_url, "--approve-as", "bob"],
+            capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is active; token_type DPoP." in result.stdout
+    assert '"origin": "' + server.base_url + '"' in result.stdout
+    assert "Refreshed" in result.stdout

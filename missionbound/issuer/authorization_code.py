@@ -71,11 +71,13 @@ class MissionAuthorizationCodeGrant(AuthorizationCodeGrant):  # type: ignore[mis
             return None
         # The code's hash names its grant: the refresh token family of its tokens.
         grant_id = opaque_hash(code)
+        request.refusal = {"event": "token.refused", "client_id": client.client_id}
         try:
             row = redeem_authorization_code(
                 session, grant_id, client_id=client.client_id, now=request.now
             )
-        except AuthorizationCodeReused:
+        except AuthorizationCodeReused as reused:
+            request.refusal["mission_id"] = reused.mission_id
             # RFC 6749 section 4.1.2: a code used twice revokes what it issued. The
             # request's transaction rolls back with the error, so this runs after it.
             now = request.now
@@ -84,6 +86,7 @@ class MissionAuthorizationCodeGrant(AuthorizationCodeGrant):  # type: ignore[mis
                 lambda fresh: revoke_grant(fresh, grant_id, now=now),
             )
             raise
+        request.refusal["mission_id"] = row.mission_id
         return RedeemedCode(
             grant_id=grant_id,
             mission_id=row.mission_id,

@@ -32,12 +32,14 @@ class MissionRefreshTokenGrant(RefreshTokenGrant):  # type: ignore[misc]
             raise InvalidRequestError("Missing 'refresh_token' in request.")
         session = request.session()
         token_hash = opaque_hash(value)
+        request.refusal = {"event": "token.refused", "client_id": client.client_id}
         try:
             # Rotation is the redemption: exactly one of two racing uses gets the row.
             request.refresh_token = rotate_refresh_token(
                 session, token_hash, client_id=client.client_id, now=request.now
             )
         except RefreshTokenReused:
+            request.refusal["mission_id"] = _mission_of(session, token_hash)
             family_id = _family_of(session, token_hash)
             if family_id is not None:
                 now = request.now
@@ -53,6 +55,7 @@ class MissionRefreshTokenGrant(RefreshTokenGrant):  # type: ignore[misc]
         issuer = self.server
         client = request.client
         token = request.refresh_token
+        request.refusal["mission_id"] = token.mission_id
         proof = token_request_proof(issuer, request, client)
         require_same_key(proof, token.dpop_jkt, "refresh token")
         derived = derive_tokens(
@@ -71,6 +74,11 @@ class MissionRefreshTokenGrant(RefreshTokenGrant):  # type: ignore[misc]
             policy=issuer.lifecycle_policy,
         )
         return 200, token_response(derived, request.now), self.TOKEN_RESPONSE_HEADER
+
+
+def _mission_of(session: Session, token_hash: str) -> str | None:
+    row = session.get(RefreshToken, token_hash)
+    return row.mission_id if row is not None else None
 
 
 def _family_of(session: Session, token_hash: str) -> str | None:
