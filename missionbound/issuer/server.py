@@ -25,6 +25,7 @@ from missionbound.config import Settings
 from missionbound.issuer.authorization_code import MissionAuthorizationCodeGrant, S256Only
 from missionbound.issuer.client_auth import PrivateKeyJWT
 from missionbound.issuer.clients import ClientDirectory, OAuthClient
+from missionbound.issuer.dpop import issue_nonce
 from missionbound.issuer.keys import SignerKey, signing_key
 from missionbound.issuer.refresh_token import MissionRefreshTokenGrant
 from missionbound.mission.errors import MissionError
@@ -230,14 +231,19 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
         in a transaction of its own, and is answered: errors are the wire format here."""
         # Secrets are read (once per process) before the transaction opens: on SQLite a
         # second transaction inside this one would wait for its write lock forever.
-        self.dpop_nonce_secret()
+        nonce_secret = self.dpop_nonce_secret()
         try:
             with self.store.begin() as session:
                 request.db = session
                 try:
-                    return handler(request)
+                    answer = handler(request)
                 except OAuth2Error as error:
                     raise RefusedResponse(OAuthResponse(*error())) from None
+            if nonce_secret is not None:
+                # RFC 9449 section 8.2: a fresh nonce with every answer spares the client
+                # a refused round trip when the one it holds goes stale.
+                answer.headers.append(("DPoP-Nonce", issue_nonce(nonce_secret, request.now)))
+            return answer
         except RefusedResponse as refused:
             body = refused.response.body
             self._audit_refusal(request, body if isinstance(body, dict) else {})
