@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     max_request_body_size: int = Field(
         default=1_048_576, ge=1024, description="Largest accepted HTTP request body, in octets."
     )
+    registration_enabled: bool = Field(
+        default=True,
+        description="Serve open Dynamic Client Registration (RFC 7591) at /register.",
+    )
     dpop_nonce_required: bool = Field(
         default=False,
         description="Require a server-provided DPoP nonce at PAR and token (RFC 9449 section 8).",

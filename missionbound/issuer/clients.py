@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin
 
@@ -18,6 +19,9 @@ from missionbound.store.clients import get_client
 from missionbound.store.transactions import Store
 from missionbound.tenant import Client as ConfiguredClient
 from missionbound.tenant import SecretHash, Tenant
+
+# RFC 8252 section 8.3: loopback IP literals, never "localhost".
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1"})
 
 # The grants this AS implements (PROFILE.md section 8); a client may be limited to fewer.
 SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token")
@@ -56,8 +60,15 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
         return scope
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        # RFC 9700 section 2.1: exact string comparison, no patterns, no prefixes.
-        return redirect_uri in self.redirect_uris
+        # RFC 9700 section 2.1: exact string comparison, no patterns, no prefixes; the one
+        # exception is the port of a loopback IP redirect (RFC 8252 section 7.3: a native
+        # app listens on whatever port it gets).
+        if redirect_uri in self.redirect_uris:
+            return True
+        candidate = _loopback_without_port(redirect_uri)
+        return candidate is not None and any(
+            _loopback_without_port(registered) == candidate for registered in self.redirect_uris
+        )
 
     def check_client_secret(self, client_secret: str) -> bool:
         return self.secret is not None and self.secret.matches(client_secret)
@@ -70,6 +81,20 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.grant_types
+
+
+def _loopback_without_port(uri: str) -> tuple[str, str, str, str] | None:
+    """An ``http`` loopback IP URI without its port, or None for any other URI."""
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or port is None:
+        return None
+    if parts.username or parts.password or parts.fragment:
+        return None
+    return (parts.scheme, parts.hostname, parts.path, parts.query)
 
 
 def from_configured(client: ConfiguredClient) -> OAuthClient:

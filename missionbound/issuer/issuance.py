@@ -37,7 +37,7 @@ REFRESH_TOKEN_IDLE_LIFETIME = timedelta(hours=24)
 class Derived:
     mission: MissionRecord
     access: MintedToken
-    refresh_token: str
+    refresh_token: str | None
     derivation_count: int
 
 
@@ -56,12 +56,15 @@ def derive_tokens(
     bind_refresh_to: str | None,
     now: datetime,
     policy: LifecyclePolicy,
+    issue_refresh_token: bool = True,
 ) -> Derived:
     """Gate, mint and record one access token and its refresh token.
 
     ``grant_id`` is the refresh token family: new for a code redemption (``new_grant``),
     the presented token's family for a refresh. ``bind_refresh_to`` is the DPoP key the
-    family is bound to when it is created.
+    family is bound to when it is created. A client not registered for the refresh grant
+    gets no refresh token (``issue_refresh_token``); its grant still gets a family, so that
+    a code replay revokes the access token all the same.
     """
     count = gate_derivation(session, mission_id, now=now, policy=policy)
     mission = missions.get(session, mission_id)
@@ -95,14 +98,16 @@ def derive_tokens(
             dpop_jkt=bind_refresh_to,
             now=now,
         )
-    refresh_token = new_opaque_value()
-    save_refresh_token(
-        session,
-        token_hash=opaque_hash(refresh_token),
-        family_id=grant_id,
-        issued_at=now,
-        expires_at=min(now + REFRESH_TOKEN_IDLE_LIFETIME, mission.mission_expiry),
-    )
+    refresh_token = None
+    if issue_refresh_token:
+        refresh_token = new_opaque_value()
+        save_refresh_token(
+            session,
+            token_hash=opaque_hash(refresh_token),
+            family_id=grant_id,
+            issued_at=now,
+            expires_at=min(now + REFRESH_TOKEN_IDLE_LIFETIME, mission.mission_expiry),
+        )
     audit.append(
         session,
         event="token.issued",
@@ -135,11 +140,13 @@ def token_response(derived: Derived, now: datetime) -> dict[str, Any]:
     """RFC 6749 section 5.1 plus RFC 9396 section 7 ``authorization_details`` and the
     ``mission_id`` reference (issuance digest 4.3: a reference, never a credential)."""
     access = derived.access
-    return {
+    response: dict[str, Any] = {
         "access_token": access.value,
         "token_type": "DPoP" if "cnf" in access.claims else "Bearer",
         "expires_in": max(0, int((access.expires_at - now).total_seconds())),
-        "refresh_token": derived.refresh_token,
         "authorization_details": access.authorization_details,
         "mission_id": derived.mission.mission_id,
     }
+    if derived.refresh_token is not None:
+        response["refresh_token"] = derived.refresh_token
+    return response

@@ -99,6 +99,8 @@ class OAuthRequest(OAuth2Request):  # type: ignore[misc]
         # What to audit if the request is refused: set by a handler once it knows who is
         # asking (an unauthenticated request leaves no audit record: no log flooding).
         self.refusal: dict[str, Any] | None = None
+        # The key this request signs with, read before its transaction opens (see run).
+        self.signing_key: SignerKey | None = None
 
     @property
     def form(self) -> dict[str, str]:
@@ -210,6 +212,15 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
         return None
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        # Authlib signals once a token-endpoint client is authenticated: from then on every
+        # refusal is that client's and is audited, including those Authlib raises before a
+        # grant finds its code or refresh token (no code, no refresh_token, a grant type the
+        # client may not use). The grants add the Mission once they know it.
+        if name == "after_authenticate_client":
+            grant, client = kwargs.get("grant"), kwargs.get("client")
+            request = getattr(grant, "request", None)
+            if isinstance(request, OAuthRequest) and request.refusal is None and client:
+                request.refusal = {"event": "token.refused", "client_id": client.client_id}
         return None
 
     def create_oauth2_request(self, request: Any) -> OAuthRequest:
@@ -232,6 +243,12 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
         # Secrets are read (once per process) before the transaction opens: on SQLite a
         # second transaction inside this one would wait for its write lock forever.
         nonce_secret = self.dpop_nonce_secret()
+        # The signing key too, pinned for the request: re-reading it (every few seconds)
+        # inside the transaction needs a second pooled connection while the first holds the
+        # transaction's locks, and under load every other pooled connection is waiting on
+        # those locks: the request then stalls for the pool timeout and fails (50 racing
+        # refreshes, tests/issuer/test_concurrency.py).
+        pass  # ABLATION
         try:
             with self.store.begin() as session:
                 request.db = session

@@ -19,7 +19,7 @@ from missionbound.mission.lifecycle import LifecyclePolicy
 from missionbound.store.engine import create_engine_for
 from missionbound.store.transactions import Store
 from missionbound.tenant import Tenant, load_tenant
-from missionbound.web import approval, health, jwks, metadata, oauth
+from missionbound.web import approval, health, jwks, metadata, oauth, token_management
 from missionbound.web.errors import install_error_handlers
 from missionbound.web.expiry_sweep import sweep_periodically
 from missionbound.web.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
@@ -69,6 +69,7 @@ def create_app(
     app.state.tenant = tenant
     app.state.engine = db
     app.state.issuer = MissionIssuer(settings=settings, tenant=tenant, store=Store(db))
+    token_management.register_token_management(app.state.issuer)
 
     install_error_handlers(app)
     # add_middleware stacks outward: the request log wraps the body limit, so it sees 413s too.
@@ -78,6 +79,7 @@ def create_app(
     app.include_router(metadata.router)
     app.include_router(jwks.router)
     app.include_router(oauth.router)
+    app.include_router(token_management.router)
     app.include_router(approval.router)
     mount_static(app)
     return app

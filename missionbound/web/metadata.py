@@ -11,7 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from missionbound.config import Settings
-from missionbound.issuer.client_auth import ASSERTION_ALGS, CLIENT_AUTH_METHODS
+from missionbound.issuer.client_auth import (
+    ASSERTION_ALGS,
+    CLIENT_AUTH_METHODS,
+    CONFIDENTIAL_AUTH_METHODS,
+)
 from missionbound.issuer.clients import SUPPORTED_GRANT_TYPES
 from missionbound.protocol.dpop import SUPPORTED_ALGS
 from missionbound.web.deps import get_settings
@@ -23,7 +27,7 @@ WELL_KNOWN_PATH = "/.well-known/oauth-authorization-server"
 
 def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
     base = settings.issuer.rstrip("/")
-    return {
+    metadata: dict[str, Any] = {
         "issuer": settings.issuer,
         "authorization_endpoint": f"{base}/authorize",
         "token_endpoint": f"{base}/token",
@@ -39,6 +43,16 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
+        # RFC 7662 (missionbound.issuer.introspection): callers are Resource Servers and
+        # PEPs, confidential clients only (PROFILE.md section 10).
+        "introspection_endpoint": f"{base}/introspect",
+        "introspection_endpoint_auth_methods_supported": list(CONFIDENTIAL_AUTH_METHODS),
+        # RFC 8414 section 2: required when private_key_jwt is among the methods.
+        "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
+        # RFC 7009 (missionbound.issuer.revocation): public clients revoke their own tokens.
+        "revocation_endpoint": f"{base}/revoke",
+        "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
         # RFC 9449 section 5.1.
         "dpop_signing_alg_values_supported": list(SUPPORTED_ALGS),
         # RFC 9207 section 3.
@@ -50,6 +64,10 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         "mission_ladder_levels_supported": [1],
         "mission_bound_authorization_supported": True,
     }
+    if settings.registration_enabled:
+        # RFC 7591 (missionbound.issuer.registration): open registration.
+        metadata["registration_endpoint"] = f"{base}/register"
+    return metadata
 
 
 @router.get(WELL_KNOWN_PATH, summary="Authorization Server Metadata (RFC 8414)")

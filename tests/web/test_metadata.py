@@ -42,6 +42,24 @@ async def test_metadata_names_the_configured_issuer_and_mission_members(
     assert set(metadata["grant_types_supported"]) == {"authorization_code", "refresh_token"}
 
 
+async def test_metadata_names_the_token_management_endpoints(client: httpx.AsyncClient) -> None:
+    metadata = (await client.get(WELL_KNOWN)).json()
+    # RFC 7662, RFC 7009 and RFC 7591 endpoints (RFC 8414 section 2).
+    assert metadata["introspection_endpoint"] == f"{ISSUER}/introspect"
+    assert metadata["revocation_endpoint"] == f"{ISSUER}/revoke"
+    assert metadata["registration_endpoint"] == f"{ISSUER}/register"
+    # Introspection callers are confidential (PROFILE.md section 10); public clients may
+    # revoke their own tokens.
+    assert set(metadata["introspection_endpoint_auth_methods_supported"]) == {
+        "client_secret_basic", "client_secret_post", "private_key_jwt"}
+    assert set(metadata["revocation_endpoint_auth_methods_supported"]) == {
+        "client_secret_basic", "client_secret_post", "private_key_jwt", "none"}
+    # RFC 8414 section 2: present because private_key_jwt is among the methods.
+    for endpoint in ("introspection", "revocation"):
+        algs = metadata[f"{endpoint}_endpoint_auth_signing_alg_values_supported"]
+        assert "ES256" in algs and "none" not in algs
+
+
 async def test_metadata_advertises_no_endpoint_that_does_not_exist(
     client: httpx.AsyncClient,
 ) -> None:
@@ -76,4 +94,5 @@ async def test_openapi_is_published(client: httpx.AsyncClient) -> None:
     assert docs.status_code == 200
     assert "text/html" in docs.headers["content-type"]
     schema = (await client.get("/openapi.json")).json()
-    assert {"/healthz", WELL_KNOWN} <= set(schema["paths"])
+    assert {"/healthz", WELL_KNOWN, "/introspect", "/revoke", "/register"} <= set(
+        schema["paths"])
