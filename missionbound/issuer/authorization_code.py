@@ -14,7 +14,6 @@ from typing import Any
 
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant
 from authlib.oauth2.rfc7636 import CodeChallenge
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from missionbound.issuer.client_auth import CLIENT_AUTH_METHODS
@@ -22,7 +21,6 @@ from missionbound.issuer.issuance import derive_tokens, token_response
 from missionbound.issuer.opaque import opaque_hash
 from missionbound.issuer.token_endpoint import require_same_key, token_request_proof
 from missionbound.store.codes import AuthorizationCodeReused, redeem_authorization_code
-from missionbound.store.models import RefreshTokenFamily
 from missionbound.store.refresh import revoke_refresh_family
 from missionbound.store.tokens import revoke_grant_tokens
 from missionbound.store.transactions import run_after_rollback
@@ -57,21 +55,8 @@ class RedeemedCode:
         return ""
 
 
-def lock_refresh_family(session: Session, family_id: str) -> None:
-    """Lock the family's row, whatever its state, before touching any of its token rows.
-
-    Every writer of a family (a refresh, a revocation after a replay) then queues on this one
-    row. Without it, on PostgreSQL, concurrent replays revoking the family (multi-row
-    UPDATEs, which lock rows in scan order) and late refreshes rotating its token deadlocked,
-    and the deadlock victim's refresh failed with a 500 (50 racing refreshes,
-    tests/issuer/test_concurrency.py). Lock order: family row -> token rows -> Mission."""
-    session.execute(select(RefreshTokenFamily.family_id)
-                    .where(RefreshTokenFamily.family_id == family_id).with_for_update())
-
-
 def revoke_grant(session: Session, grant_id: str, *, now: datetime) -> None:
     """Everything one grant issued: its refresh token family and its access tokens."""
-    lock_refresh_family(session, grant_id)
     revoke_refresh_family(session, grant_id, now=now)
     revoke_grant_tokens(session, grant_id, now=now)
 
@@ -124,7 +109,7 @@ class MissionAuthorizationCodeGrant(AuthorizationCodeGrant):  # type: ignore[mis
             request.session(),
             issuer=issuer.issuer,
             # Pinned before the transaction opened (MissionIssuer.run).
-            signer=request.signing_key or issuer.signer(),
+            signer=request.pinned_signing_key(),
             mission_id=code.mission_id,
             client_id=client.client_id,
             grant_type=self.GRANT_TYPE,

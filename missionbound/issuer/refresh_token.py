@@ -9,7 +9,7 @@ from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oauth2.rfc6749.grants import RefreshTokenGrant
 from sqlalchemy.orm import Session
 
-from missionbound.issuer.authorization_code import lock_refresh_family, revoke_grant
+from missionbound.issuer.authorization_code import revoke_grant
 from missionbound.issuer.client_auth import CLIENT_AUTH_METHODS
 from missionbound.issuer.issuance import derive_tokens, token_response
 from missionbound.issuer.opaque import opaque_hash
@@ -38,10 +38,6 @@ class MissionRefreshTokenGrant(RefreshTokenGrant):  # type: ignore[misc]
         session = request.session()
         token_hash = opaque_hash(value)
         request.refusal = {"event": "token.refused", "client_id": client.client_id}
-        # Every use of a family queues on its row first (see lock_refresh_family).
-        family_id = _family_of(session, token_hash)
-        if family_id is not None:
-            lock_refresh_family(session, family_id)
         try:
             # Rotation is the redemption: exactly one of two racing uses gets the row.
             request.refresh_token = rotate_refresh_token(
@@ -75,7 +71,7 @@ class MissionRefreshTokenGrant(RefreshTokenGrant):  # type: ignore[misc]
             request.session(),
             issuer=issuer.issuer,
             # Pinned before the transaction opened (MissionIssuer.run).
-            signer=request.signing_key or issuer.signer(),
+            signer=request.pinned_signing_key(),
             mission_id=token.mission_id,
             client_id=client.client_id,
             grant_type=self.GRANT_TYPE,

@@ -114,6 +114,12 @@ class OAuthRequest(OAuth2Request):  # type: ignore[misc]
         """Every value sent for ``name`` (``resource`` may repeat: RFC 8707 section 2)."""
         return list(self.payload.datalist.get(name, []))
 
+    def pinned_signing_key(self) -> SignerKey:
+        """The signing key :meth:`MissionIssuer.run` read for this request."""
+        if self.signing_key is None:
+            raise RuntimeError("the request is not running in MissionIssuer.run")
+        return self.signing_key
+
     def session(self) -> Session:
         if self.db is None:
             raise RuntimeError("the request is not running in a store transaction")
@@ -248,7 +254,7 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
         # transaction's locks, and under load every other pooled connection is waiting on
         # those locks: the request then stalls for the pool timeout and fails (50 racing
         # refreshes, tests/issuer/test_concurrency.py).
-        pass  # ABLATION
+        request.signing_key = self.signer()
         try:
             with self.store.begin() as session:
                 request.db = session

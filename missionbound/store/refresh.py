@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from missionbound.mission.errors import InvalidRequest
@@ -75,6 +75,21 @@ def save_refresh_token(
     return token
 
 
+def lock_refresh_family(session: Session, family_id: str) -> None:
+    """Lock the family's row, whatever its state, before touching any of its token rows.
+
+    Every writer of a family (a rotation, a revocation after a replay) queues on this one
+    row. Without it, on PostgreSQL, a replay revoking the family (a multi-row UPDATE, which
+    locks rows in scan order) and a late rotation of one of its tokens could deadlock, and
+    the victim's request failed (50 racing refreshes, tests/issuer/test_concurrency.py).
+    On SQLite the write transaction already serializes writers."""
+    session.execute(
+        select(RefreshTokenFamily.family_id)
+        .where(RefreshTokenFamily.family_id == family_id)
+        .with_for_update()
+    )
+
+
 def rotate_refresh_token(
     session: Session, token_hash: str, *, client_id: str, now: datetime
 ) -> RefreshToken:
@@ -87,6 +102,11 @@ def rotate_refresh_token(
     :class:`InvalidGrant`.
     """
     require_aware(now, "now")
+    family_id = session.scalar(
+        select(RefreshToken.family_id).where(RefreshToken.token_hash == token_hash)
+    )
+    if family_id is not None:
+        lock_refresh_family(session, family_id)
     result = session.execute(
         update(RefreshToken)
         .where(
@@ -121,6 +141,7 @@ def rotate_refresh_token(
 
 def revoke_refresh_family(session: Session, family_id: str, *, now: datetime) -> int:
     """Revoke a family and every live member; returns how many tokens were revoked."""
+    lock_refresh_family(session, family_id)
     session.execute(
         update(RefreshTokenFamily)
         .where(RefreshTokenFamily.family_id == family_id, RefreshTokenFamily.revoked_at.is_(None))

@@ -12,12 +12,13 @@ family (section 8). A repository registers such work with :func:`run_after_rollb
 actions are idempotent and re-check everything under their own locks.
 
 Lock order (every writer follows it, so PostgreSQL never has to break a deadlock):
-token rows (codes, refresh tokens) -> the Mission row -> the derivation counter -> the audit
-chain head. The audit chain head is taken by ``missionbound.audit.append`` and held to
-commit, so append audit records after every other lock of the transaction. On PostgreSQL,
-inserting a row that references a Mission (code, refresh token, issued token id) takes a key
-share lock on the Mission row, which waits for a ``FOR UPDATE`` holder: insert such rows after
-the gate (which holds the Mission lock already) or before the first audit append.
+a refresh token family row -> token rows (codes, refresh tokens) -> the Mission row -> the
+derivation counter -> the audit chain head. The audit chain head is taken by
+``missionbound.audit.append`` and held to commit, so append audit records after every other
+lock of the transaction. On PostgreSQL, inserting a row that references a Mission (code,
+refresh token, issued token id) takes a key share lock on the Mission row, which waits for a
+``FOR UPDATE`` holder: insert such rows after the gate (which holds the Mission lock
+already) or before the first audit append.
 """
 
 from __future__ import annotations

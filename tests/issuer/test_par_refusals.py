@@ -78,18 +78,30 @@ def test_response_type_must_be_code(flow: Flow, response_type: str | None) -> No
     [
         None,
         REDIRECT_URI + "/",  # trailing slash
-        "http://localhost:8765/callback",  # another host (only a loopback port may differ)
+        REDIRECT_URI + "/x",  # a path suffix
         REDIRECT_URI + "?next=1",  # an added query
         REDIRECT_URI + "#fragment",
         "http://127.0.0.1:8765/Callback",  # case
         "http://evil@127.0.0.1:8765/callback",  # userinfo
-        "http://localhost:8765/callback",
+        "http://localhost:8765/callback",  # a loopback name, not a loopback IP
         "https://127.0.0.1:8765/callback",
+        "http://127.0.0.2:8765/callback",
     ],
 )
 def test_redirect_uri_must_be_registered_exactly(flow: Flow, redirect_uri: str | None) -> None:
-    # RFC 9700 section 4.1: exact string match, nothing else.
+    # RFC 9700 section 4.1: exact string match; the one exception is below.
     refused_at_par(flow, redirect_uri=redirect_uri)
+
+
+def test_only_the_port_of_a_loopback_ip_redirect_may_differ(flow: Flow) -> None:
+    # RFC 8252 section 7.3: a native app listens on whatever port it gets; the answer goes
+    # to the port it pushed.
+    moved = "http://127.0.0.1:49152/callback"
+    pushed = flow.push_ok(redirect_uri=moved)
+    browser, hidden = flow.consent_form(pushed.request_uri)
+    response = flow.decide(browser, hidden)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith(moved + "?code=")
 
 
 @pytest.mark.parametrize(
