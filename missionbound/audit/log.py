@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from missionbound.mission.canonical import digest_json
+from missionbound.mission.canonical import check_canonicalizable, digest_json
 from missionbound.mission.errors import InvalidRequest
 from missionbound.store.models import AuditChainHead, AuditRecord
 from missionbound.store.upsert import insert_ignoring_conflicts
@@ -96,28 +96,26 @@ def append(
         data=data,
         at=at,
     )
-    head = _lock_chain_head(session)
-    fields["seq"] = head.last_seq + 1
-    fields["prev_hash"] = head.last_hash
+    # Whatever the transaction still has pending is written before the head is locked (the
+    # lock order: audit records last), as the ORM's autoflush did when the head was an entity.
+    session.flush()
+    connection = session.connection()
+    last_seq, last_hash = _lock_chain_head(session, connection)
+    fields["seq"] = last_seq + 1
+    fields["prev_hash"] = last_hash
     fields["mission_seq"] = None
     fields["mission_prev_hash"] = None
     if mission_id is not None:
         # Serialized by the head lock: no other appender can add to this Mission meanwhile.
-        previous = session.execute(
-            select(AuditRecord.mission_seq, AuditRecord.record_hash)
-            .where(AuditRecord.mission_id == mission_id)
-            .order_by(AuditRecord.mission_seq.desc())
-            .limit(1)
-        ).first()
+        previous = connection.execute(_PREVIOUS_OF_MISSION, {"mission_id": mission_id}).first()
         fields["mission_seq"] = 1 if previous is None else previous.mission_seq + 1
         fields["mission_prev_hash"] = None if previous is None else previous.record_hash
     record_hash = compute_record_hash(fields)
-    record = AuditRecord(**fields, record_hash=record_hash)
-    session.add(record)
-    head.last_seq = record.seq
-    head.last_hash = record_hash
-    session.flush()
-    return record
+    # Append-only rows: plain INSERT and UPDATE, no ORM unit of work.
+    connection.execute(insert(AuditRecord), {**fields, "record_hash": record_hash})
+    connection.execute(_ADVANCE_HEAD, {"seq": fields["seq"], "hash": record_hash})
+    # Returned for the caller to read; not attached to the session.
+    return AuditRecord(**fields, record_hash=record_hash)
 
 
 def _checked_fields(
@@ -148,32 +146,61 @@ def _checked_fields(
         "event": event,
         # Copies: a caller mutating its dict after the append must not desynchronize the
         # stored JSON from the hash computed here.
-        "actor": copy.deepcopy(actor),
+        "actor": _copy_json(actor),
         "policy_version": policy_version,
-        "data": copy.deepcopy(data),
+        "data": _copy_json(data),
         # Stored with microsecond precision; truncate nothing, convert to UTC.
         "at": at.astimezone(UTC),
     }
     for name in ANCHOR_NAMES:
         fields[name] = (anchors or {}).get(name)
-    # Refuses floats that are not finite, oversized integers, non-string keys: the same
-    # check the hash will make, done before any write.
-    digest_json({"actor": fields["actor"], "data": fields["data"]})
+    # Refuses floats that are not finite, oversized integers, non-string keys: the checks
+    # canonicalization makes, done before any lock or write. The canonical bytes themselves
+    # are built once, for the record hash.
+    check_canonicalizable({"actor": fields["actor"], "data": fields["data"]})
     return fields
 
 
-def _lock_chain_head(session: Session) -> AuditChainHead:
-    statement = (
-        select(AuditChainHead)
-        .where(AuditChainHead.id == CHAIN_HEAD_ID)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    head = session.execute(statement).scalar_one_or_none()
+def _copy_json(value: Any) -> Any:
+    """A deep copy of a JSON-shaped value (dicts, lists, tuples, scalars), as
+    ``copy.deepcopy`` makes it, without its per-object bookkeeping."""
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_copy_json(item) for item in value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    # Anything else is refused by the check that follows; copy it as before meanwhile.
+    return copy.deepcopy(value)
+
+
+_HEAD_FOR_UPDATE = (
+    select(AuditChainHead.last_seq, AuditChainHead.last_hash)
+    .where(AuditChainHead.id == CHAIN_HEAD_ID)
+    .with_for_update()
+)
+_ADVANCE_HEAD = (
+    update(AuditChainHead)
+    .where(AuditChainHead.id == CHAIN_HEAD_ID)
+    .values(last_seq=bindparam("seq"), last_hash=bindparam("hash"))
+)
+_PREVIOUS_OF_MISSION = (
+    select(AuditRecord.mission_seq, AuditRecord.record_hash)
+    .where(AuditRecord.mission_id == bindparam("mission_id"))
+    .order_by(AuditRecord.mission_seq.desc())
+    .limit(1)
+)
+
+
+def _lock_chain_head(session: Session, connection: Connection) -> tuple[int, str | None]:
+    """Lock the chain head to commit; its ``(last_seq, last_hash)``."""
+    head = connection.execute(_HEAD_FOR_UPDATE).first()
     if head is None:
         # The migration inserts the head; a schema made by create_all() gets it here.
         insert_ignoring_conflicts(
             session, AuditChainHead, {"id": CHAIN_HEAD_ID, "last_seq": 0, "last_hash": None}
         )
-        head = session.execute(statement).scalar_one()
-    return head
+        head = connection.execute(_HEAD_FOR_UPDATE).one()
+    return int(head.last_seq), head.last_hash

@@ -25,7 +25,12 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from sqlalchemy.orm import Session
 
 from missionbound.issuer.opaque import new_opaque_value, opaque_hash
-from missionbound.mission.anchors import authority_hash, compute_anchors, proposal_hash
+from missionbound.mission.anchors import (
+    Anchors,
+    authority_hash,
+    consent_rendering_hash,
+    proposal_hash,
+)
 from missionbound.mission.consent import Party, build_consent_disclosure
 from missionbound.mission.errors import MissionError
 from missionbound.mission.intent import validate_intent
@@ -128,7 +133,12 @@ def _load(issuer: MissionIssuer, session: Session, query: Mapping[str, str], now
     # Pushed parameters are authoritative; front-channel extras are ignored (issuance
     # digest 2.2), so nothing here can widen what was pushed.
     pushed = get_pushed_request(session, request_uri, client_id=client.client_id, now=now)
-    mission = missions.get(session, pushed.mission_id) if pushed.mission_id else None
+    # The consent page and the decision never read the lifecycle history.
+    mission = (
+        missions.get(session, pushed.mission_id, with_history=False)
+        if pushed.mission_id
+        else None
+    )
     if mission is None:
         raise AuthorizationPageError("the pushed request has no Mission")
     return _Pending(client, mission, dict(pushed.params), request_uri)
@@ -278,12 +288,16 @@ def decide(
             issuer.issuer)
     disclosure = _disclosure(issuer, pending, approver=approver, subject=subject,
                              disclosure_id=disclosure_id, rendered_at=rendered_at)
-    anchors = compute_anchors(
-        issuer.issuer,
-        mission_intent=mission.mission_intent,
-        authorization_details_requested=mission.authorization_details_requested,
-        consent_disclosure=disclosure,
-        authority_set=mission.authority_set,
+    # The disclosure was just built from this Mission's proposal and Authority Set hashes
+    # (its source_hashes, computed with this issuer's iss): reuse them, hash only the
+    # disclosure. missions.approve recomputes all three from the stored record and refuses
+    # any that does not match, so nothing here is trusted blindly.
+    sources = disclosure["source_hashes"]
+    assert isinstance(sources, dict)
+    anchors = Anchors(
+        proposal_hash=sources["proposal_hash"],
+        consent_rendering_hash=consent_rendering_hash(issuer.issuer, disclosure),
+        authority_hash=sources["authority_hash"],
     )
     missions.approve(
         session, mission.mission_id, approver=approver_principal, subject=subject,

@@ -40,6 +40,7 @@ from joserfc.errors import JoseError, UnsupportedAlgorithmError
 from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import JWKRegistry, Key
 from joserfc.jws import JWSRegistry
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from missionbound.issuer.access_tokens import ACCESS_TOKEN_TYPE
@@ -50,7 +51,7 @@ from missionbound.mission.errors import InvalidState
 from missionbound.mission.lifecycle import LifecyclePolicy, State, effective_state
 from missionbound.mission.record import MISSION_ID, MissionRecord
 from missionbound.store import keys as key_rows
-from missionbound.store.mission_rows import to_record
+from missionbound.store.mission_rows import MISSION_RECORD_COLUMNS, to_record
 from missionbound.store.models import IssuedToken, Mission, RefreshToken, RefreshTokenFamily
 
 if TYPE_CHECKING:
@@ -216,13 +217,27 @@ def find_token(
     return _find_refresh_token(session, value, issuer=issuer, now=now)
 
 
+# Introspection is the hot path of every Resource Server: plain Core statements, built once,
+# reading only the columns needed (no ORM entities, no identity map).
+_ISSUED_TOKEN = select(
+    IssuedToken.jti,
+    IssuedToken.kind,
+    IssuedToken.mission_id,
+    IssuedToken.client_id,
+    IssuedToken.grant_id,
+    IssuedToken.revoked_at,
+    IssuedToken.expires_at,
+).where(IssuedToken.jti == bindparam("jti"))
+_MISSION = select(*MISSION_RECORD_COLUMNS).where(Mission.mission_id == bindparam("mission_id"))
+
+
 def _find_access_token(
     session: Session, value: str, *, keys: AccessTokenKeys, issuer: str, now: datetime
 ) -> FoundToken | None:
     claims = verify_access_token(value, session=session, keys=keys, issuer=issuer, now=now)
     if claims is None:
         return None
-    row = session.get(IssuedToken, claims["jti"])
+    row = session.connection().execute(_ISSUED_TOKEN, {"jti": claims["jti"]}).first()
     # The row must be the token's own: a signature is not enough to name a recorded token.
     if (
         row is None
@@ -368,7 +383,11 @@ def introspect(
     token = find_token(session, value, keys=keys, issuer=issuer, now=now)
     if token is None or not token.live or not may_see(token, caller):
         return dict(INACTIVE)
-    row = session.get(Mission, token.mission_id) if MISSION_ID.fullmatch(token.mission_id) else None
+    row = (
+        session.connection().execute(_MISSION, {"mission_id": token.mission_id}).first()
+        if MISSION_ID.fullmatch(token.mission_id)
+        else None
+    )
     if row is None:
         return dict(INACTIVE)
     try:

@@ -12,6 +12,7 @@ derivation is rolled back with its transaction, so it is never counted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -26,7 +27,7 @@ from missionbound.mission.lifecycle import (
     is_effectively_active,
     parse_state,
 )
-from missionbound.mission.record import check_mission_id
+from missionbound.mission.record import MissionRecord, check_mission_id
 from missionbound.store.errors import DerivationRefused, MissionNotFound
 from missionbound.store.lifecycle import expire_if_due
 from missionbound.store.mission_rows import lock_mission, to_record
@@ -37,6 +38,15 @@ from missionbound.store.validation import require_aware
 DERIVATIONS_EXHAUSTED = "derivations_exhausted"
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """One admitted derivation: the new count and the Mission as the gate read it, under
+    the lock it holds to commit (without ``lifecycle_history``, which minting never needs)."""
+
+    count: int
+    mission: MissionRecord
+
+
 def gate_derivation(
     session: Session,
     mission_id: str,
@@ -44,7 +54,21 @@ def gate_derivation(
     now: datetime,
     policy: LifecyclePolicy = DEFAULT_POLICY,
 ) -> int:
-    """Admit one derivation for ``mission_id`` and return the new derivation count.
+    """Admit one derivation for ``mission_id`` and return the new derivation count
+    (:func:`admit_derivation`, for callers that need only the count)."""
+    return admit_derivation(session, mission_id, now=now, policy=policy).count
+
+
+def admit_derivation(
+    session: Session,
+    mission_id: str,
+    *,
+    now: datetime,
+    policy: LifecyclePolicy = DEFAULT_POLICY,
+) -> Admitted:
+    """Admit one derivation for ``mission_id``: the new derivation count and the locked
+    Mission's record, so that the caller mints from exactly what the gate admitted without
+    reading the Mission again.
 
     Raises :class:`DerivationRefused` (``invalid_grant``, with ``mission_state`` and a
     ``mission_error``) when the Mission is not effectively ``active`` or its cap is used
@@ -85,7 +109,7 @@ def gate_derivation(
             mission_error=f"mission_{effective.value}",
         )
     try:
-        cap = to_record(row).max_derivations
+        mission = to_record(row)
     except InvalidState:
         # An unreadable stored record is refused like an unknown state: invalid_grant, never
         # a 409 from the lifecycle surface.
@@ -94,17 +118,18 @@ def gate_derivation(
             mission_state=None,
             mission_error="mission_state_unknown",
         ) from None
+    cap = mission.max_derivations
     statement = update(DerivationCounter).where(DerivationCounter.mission_id == mission_id)
     if cap is not None:
         # The check and the increment are one statement; the Mission lock already
         # serializes gates, this keeps the counter right even for a caller that forgot it.
         statement = statement.where(DerivationCounter.count < cap)
-    new_count = session.execute(
-        statement.values(count=DerivationCounter.count + 1).returning(DerivationCounter.count),
-        execution_options={"synchronize_session": False},
+    # A plain Core UPDATE on the session's connection: the counter is never an ORM entity.
+    new_count = session.connection().execute(
+        statement.values(count=DerivationCounter.count + 1).returning(DerivationCounter.count)
     ).scalar_one_or_none()
     if new_count is not None:
-        return int(new_count)
+        return Admitted(int(new_count), mission)
     exists = session.scalar(
         select(DerivationCounter.mission_id).where(DerivationCounter.mission_id == mission_id)
     )
@@ -112,7 +137,7 @@ def gate_derivation(
         # A Mission stored without its counter (not through create_pending): start it.
         session.add(DerivationCounter(mission_id=mission_id, count=1))
         session.flush()
-        return 1
+        return Admitted(1, mission)
     raise DerivationRefused(
         f"the Mission's {cap} derivations are used up",
         mission_state=State.ACTIVE.value,

@@ -221,17 +221,26 @@ def commit_transition(
     reason: str | None,
     now: datetime,
     column_updates: dict[str, Any] | None = None,
+    committed_digest: str | None = None,
 ) -> None:
     """Write a changed decision: state and version under the optimistic check, then the
     history row, the audit record and the outbox event, all in the caller's transaction.
 
     ``row`` must be locked and freshly read. Its stored record must be the one the last
     lifecycle audit record committed to (:func:`check_record_committed`), else
-    :class:`MissionRecordTampered` and nothing is written. ``column_updates`` may replace the
-    record (approval fills its approval members); the audit record then commits to the new
-    record, which is passed on explicitly."""
+    :class:`MissionRecordTampered` and nothing is written. A caller that made that check
+    itself, in this transaction, under this lock and on this ``row.record``, passes the
+    digest it returned as ``committed_digest`` (approval checks before it reads the record),
+    and the query and digest are not repeated. ``column_updates`` may replace the record
+    (approval fills its approval members); the audit record then commits to the new record,
+    which is passed on explicitly."""
     current = row.record
-    current_digest = check_record_committed(session, row.mission_id, current, decision.event)
+    if committed_digest is not None:
+        current_digest = committed_digest
+    else:
+        current_digest = check_record_committed(
+            session, row.mission_id, current, decision.event
+        )
     updates = dict(column_updates or {})
     if "record" in updates:
         record = updates["record"]

@@ -7,7 +7,8 @@ as columns; this module is the only place that knows how they fit together.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -30,7 +31,47 @@ def record_json(record: MissionRecord) -> dict[str, Any]:
     return data
 
 
-def to_record(row: Mission, history: list[dict[str, Any]] | None = None) -> MissionRecord:
+class MissionColumns(Protocol):
+    """What :func:`to_record` reads: a ``Mission`` entity, or a row of
+    :data:`MISSION_RECORD_COLUMNS` (no ORM entity, for hot read-only paths)."""
+
+    @property
+    def mission_id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def record(self) -> dict[str, Any]: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def mission_expiry(self) -> datetime: ...
+    @property
+    def approval_event_id(self) -> str | None: ...
+    @property
+    def activated_at(self) -> datetime | None: ...
+
+
+# Every column :func:`to_record` reads, for ``select(*MISSION_RECORD_COLUMNS)``.
+MISSION_RECORD_COLUMNS = (
+    Mission.mission_id,
+    Mission.state,
+    Mission.version,
+    Mission.record,
+    Mission.client_id,
+    Mission.created_at,
+    Mission.mission_expiry,
+    Mission.approval_event_id,
+    Mission.activated_at,
+)
+
+
+def to_record(
+    row: MissionColumns, history: list[dict[str, Any]] | None = None
+) -> MissionRecord:
     """Rebuild the record. An unknown stored state or a malformed record is refused
     (:class:`InvalidState`), never read as something that permits anything."""
     data = row.record

@@ -146,13 +146,17 @@ def create_pending(
     return to_record(row, load_history(session, [record.mission_id])[record.mission_id])
 
 
-def get(session: Session, mission_id: str) -> MissionRecord | None:
+def get(session: Session, mission_id: str, *, with_history: bool = True) -> MissionRecord | None:
     """The stored record with its lifecycle history, or ``None``. The state is the stored
-    one: apply :func:`missionbound.mission.lifecycle.effective_state` before trusting it."""
+    one: apply :func:`missionbound.mission.lifecycle.effective_state` before trusting it.
+    ``with_history=False`` leaves ``lifecycle_history`` empty and spares its query, for
+    callers that never read it."""
     check_mission_id(mission_id)
     row = session.get(Mission, mission_id, populate_existing=True)
     if row is None:
         return None
+    if not with_history:
+        return to_record(row)
     return to_record(row, load_history(session, [mission_id])[mission_id])
 
 
@@ -266,7 +270,7 @@ def approve(
     )
     if decision.changed:
         # A pending record rewritten behind the AS's back is refused before it is read.
-        check_record_committed(session, mission_id, row.record, Event.APPROVE)
+        committed_digest = check_record_committed(session, mission_id, row.record, Event.APPROVE)
         members = _approval_members(
             row.record,
             approver=approver,
@@ -292,6 +296,8 @@ def approve(
                     "activated_at": now,
                     "approval_event_id": approval_event_id,
                 },
+                # Checked just above, on this row.record, under this lock.
+                committed_digest=committed_digest,
             )
         except IntegrityError:
             # Same approval event id, another Mission, committed concurrently.

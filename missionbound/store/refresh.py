@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, insert, select, update
 from sqlalchemy.orm import Session
 
 from missionbound.mission.errors import InvalidRequest
@@ -48,8 +48,9 @@ def save_refresh_token(
     family_id: str,
     issued_at: datetime,
     expires_at: datetime,
-) -> RefreshToken:
-    """A member of ``family_id``; Mission, client and DPoP binding come from the family."""
+) -> None:
+    """A member of ``family_id``; Mission, client and DPoP binding come from the family
+    (read from the session when the caller already holds it: the rotation locked it)."""
     if not isinstance(token_hash, str) or not 0 < len(token_hash) <= 128:
         raise InvalidRequest("token hash must be 1 to 128 characters")
     require_aware(issued_at, "issued_at")
@@ -59,20 +60,22 @@ def save_refresh_token(
         raise InvalidRequest("unknown refresh token family")
     if family.revoked_at is not None:
         raise InvalidGrant("the refresh token family is revoked")
-    token = RefreshToken(
-        token_hash=token_hash,
-        family_id=family_id,
-        mission_id=family.mission_id,
-        client_id=family.client_id,
-        dpop_jkt=family.dpop_jkt,
-        issued_at=issued_at,
-        expires_at=expires_at,
-        rotated_at=None,
-        revoked_at=None,
-    )
-    session.add(token)
+    # Append-only: one INSERT on the session's connection (after any pending ORM change,
+    # such as a family just started), no ORM unit of work.
     session.flush()
-    return token
+    session.connection().execute(
+        insert(RefreshToken).values(
+            token_hash=token_hash,
+            family_id=family_id,
+            mission_id=family.mission_id,
+            client_id=family.client_id,
+            dpop_jkt=family.dpop_jkt,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            rotated_at=None,
+            revoked_at=None,
+        )
+    )
 
 
 def lock_refresh_family(session: Session, family_id: str) -> None:
@@ -102,12 +105,19 @@ def rotate_refresh_token(
     :class:`InvalidGrant`.
     """
     require_aware(now, "now")
-    family_id = session.scalar(
-        select(RefreshToken.family_id).where(RefreshToken.token_hash == token_hash)
-    )
-    if family_id is not None:
-        lock_refresh_family(session, family_id)
-    result = session.execute(
+    # The family's row, found through the token and locked in the same statement (FOR
+    # UPDATE OF the family only), before the token row is touched. It stays in the session:
+    # saving the successor (save_refresh_token) reads it from there.
+    session.execute(
+        select(RefreshTokenFamily)
+        .join(RefreshToken, RefreshToken.family_id == RefreshTokenFamily.family_id)
+        .where(RefreshToken.token_hash == token_hash)
+        .with_for_update(of=RefreshTokenFamily)
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    # The consuming UPDATE is the redemption (exactly one of two racing uses matches), and
+    # RETURNING hands back the row it rotated: no read after it.
+    rotated = session.execute(
         update(RefreshToken)
         .where(
             RefreshToken.token_hash == token_hash,
@@ -116,13 +126,13 @@ def rotate_refresh_token(
             RefreshToken.revoked_at.is_(None),
             RefreshToken.expires_at > now,
         )
-        .values(rotated_at=now),
-        execution_options={"synchronize_session": False},
-    )
-    assert isinstance(result, CursorResult)
+        .values(rotated_at=now)
+        .returning(RefreshToken),
+        execution_options={"synchronize_session": False, "populate_existing": True},
+    ).scalar_one_or_none()
+    if rotated is not None:
+        return rotated
     token = session.get(RefreshToken, token_hash, populate_existing=True)
-    if result.rowcount == 1 and token is not None:
-        return token
     if token is None or token.client_id != client_id:
         raise InvalidGrant("unknown refresh token")
     if token.revoked_at is not None:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from missionbound.mission.errors import InvalidRequest
 from missionbound.store.models import IssuedToken
+from missionbound.store.upsert import insert_ignoring_conflicts
 from missionbound.store.validation import require_aware
 
 TOKEN_KINDS = frozenset({"access_token", "refresh_token", "id_jag", "txn_token", "permit"})
@@ -28,7 +29,9 @@ def record_issued_token(
     issued_at: datetime,
     expires_at: datetime,
     grant_id: str | None = None,
-) -> IssuedToken:
+) -> None:
+    """Record a minted token's ``jti``; a ``jti`` recorded before is :class:`InvalidRequest`
+    (the primary key decides, in the one ``INSERT``: no read first)."""
     if not isinstance(jti, str) or not 0 < len(jti) <= 255:
         raise InvalidRequest("jti must be 1 to 255 characters")
     if kind not in TOKEN_KINDS:
@@ -36,22 +39,23 @@ def record_issued_token(
     aud_value: Any = list(aud) if isinstance(aud, (list, tuple)) else aud
     require_aware(issued_at, "issued_at")
     require_aware(expires_at, "expires_at")
-    if session.get(IssuedToken, jti) is not None:
-        raise InvalidRequest("jti was already issued")
-    token = IssuedToken(
-        jti=jti,
-        mission_id=mission_id,
-        client_id=client_id,
-        kind=kind,
-        aud=aud_value,
-        issued_at=issued_at,
-        expires_at=expires_at,
-        revoked_at=None,
-        grant_id=grant_id,
+    inserted = insert_ignoring_conflicts(
+        session,
+        IssuedToken,
+        {
+            "jti": jti,
+            "mission_id": mission_id,
+            "client_id": client_id,
+            "kind": kind,
+            "aud": aud_value,
+            "issued_at": issued_at,
+            "expires_at": expires_at,
+            "revoked_at": None,
+            "grant_id": grant_id,
+        },
     )
-    session.add(token)
-    session.flush()
-    return token
+    if not inserted:
+        raise InvalidRequest("jti was already issued")
 
 
 def get_issued_token(session: Session, jti: str) -> IssuedToken | None:

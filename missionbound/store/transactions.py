@@ -24,13 +24,16 @@ already) or before the first audit append.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from missionbound.store.engine import read_only_engine
+from missionbound.store.engine import SQLITE_BUSY_TIMEOUT_MS, read_only_engine
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,14 @@ class Store:
         # that run after the transaction closed.
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(read_only_engine(engine), expire_on_commit=False)
+        # SQLite has one writer at a time. Writers of this process queue here, in order and
+        # without polling, instead of in SQLite's busy handler, which sleeps in growing steps
+        # (up to 100 ms) and so gave concurrent requests a tail of up to a second. Only this
+        # process queues here: another process (the CLI next to `serve`, decision W8) still
+        # meets the write lock in SQLite, and waits for it through busy_timeout as before.
+        # Re-entrant: a transaction may open another before its own first statement (a
+        # client assertion's jti is spent in its own transaction, client_auth.py).
+        self._writer_lock = threading.RLock() if engine.dialect.name == "sqlite" else None
 
     def session(self) -> Session:
         """A plain session; the caller begins and commits (``with s.begin(): ...``)."""
@@ -70,19 +81,53 @@ class Store:
     @contextmanager
     def begin(self) -> Iterator[Session]:
         """One write transaction: commit on success, roll back on any exception, then run
-        the work registered with :func:`run_after_rollback` and re-raise."""
-        session = self._sessions()
+        the work registered with :func:`run_after_rollback` and re-raise.
+
+        On SQLite the transaction (and that work) runs holding this process's writer lock."""
+        with self._writing():
+            session = self._sessions()
+            try:
+                with session.begin():
+                    yield session
+            except BaseException:
+                actions = session.info.pop(_AFTER_ROLLBACK_KEY, None)
+                session.close()
+                if actions:
+                    self._run_after_rollback(actions)
+                raise
+            finally:
+                session.info.pop(_AFTER_ROLLBACK_KEY, None)
+                session.close()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        lock = self._writer_lock
+        if lock is None:
+            yield
+            return
+        if not lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+            # What SQLite itself answers when its busy handler gives up.
+            raise OperationalError(
+                "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+            )
         try:
-            with session.begin():
-                yield session
-        except BaseException:
-            actions = session.info.pop(_AFTER_ROLLBACK_KEY, None)
-            session.close()
-            if actions:
-                self._run_after_rollback(actions)
-            raise
+            yield
         finally:
-            session.info.pop(_AFTER_ROLLBACK_KEY, None)
+            lock.release()
+
+    @contextmanager
+    def begin_read(self) -> Iterator[Session]:
+        """One read-only transaction, for requests that write nothing (introspection).
+
+        On SQLite it begins ``DEFERRED``: it takes no write lock, so it neither queues
+        behind writers nor makes them wait (WAL: readers and the writer run side by side).
+        It always ends in a rollback, so a stray write can never be committed from here.
+        """
+        session = self._read_sessions()
+        try:
+            yield session
+        finally:
+            # Nothing is committed: closing rolls the (auto-begun) transaction back.
             session.close()
 
     def _run_after_rollback(self, actions: dict[str, AfterRollback]) -> None:

@@ -30,5 +30,8 @@ def insert_ignoring_conflicts(
     else:  # pragma: no cover - create_engine_for admits only these two
         raise RuntimeError(f"unsupported database {dialect}")
     key = next(iter(table.primary_key.columns))
-    inserted = session.execute(statement.returning(key)).first()
+    # Pending ORM changes go first (as session.execute would autoflush them), then the
+    # INSERT on the session's connection: a plain Core statement, no ORM execution layer.
+    session.flush()
+    inserted = session.connection().execute(statement.returning(key)).first()
     return inserted is not None

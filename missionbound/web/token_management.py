@@ -67,7 +67,9 @@ def _endpoint(issuer: MissionIssuer, name: str) -> Any:
 @router.post("/introspect", summary="Token introspection (RFC 7662) with the Mission projection")
 def introspect(request: Request, params: FormParams, issuer: Issuer) -> Response:
     oauth = oauth_request(issuer, request, params, "/introspect")
-    return to_response(issuer.run(oauth, _endpoint(issuer, INTROSPECTION)))
+    # Introspection writes nothing (a refusal's audit record has its own transaction): a
+    # read transaction, which on SQLite does not queue for the write lock.
+    return to_response(issuer.run(oauth, _endpoint(issuer, INTROSPECTION), read_only=True))
 
 
 @router.post("/revoke", summary="Token revocation (RFC 7009); never revokes a Mission")
