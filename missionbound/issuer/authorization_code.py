@@ -19,7 +19,11 @@ from sqlalchemy.orm import Session
 from missionbound.issuer.client_auth import CLIENT_AUTH_METHODS
 from missionbound.issuer.issuance import derive_tokens, token_response
 from missionbound.issuer.opaque import opaque_hash
-from missionbound.issuer.token_endpoint import require_same_key, token_request_proof
+from missionbound.issuer.token_endpoint import (
+    require_same_key,
+    token_narrowing,
+    token_request_proof,
+)
 from missionbound.store.codes import AuthorizationCodeReused, redeem_authorization_code
 from missionbound.store.refresh import revoke_refresh_family
 from missionbound.store.tokens import revoke_grant_tokens
@@ -115,7 +119,8 @@ class MissionAuthorizationCodeGrant(AuthorizationCodeGrant):  # type: ignore[mis
             grant_type=self.GRANT_TYPE,
             grant_id=code.grant_id,
             new_grant=True,
-            resources=request.values("resource"),
+            narrowing=token_narrowing(request),
+            registry=issuer.tenant.catalog.constraints,
             jkt=jkt,
             # PROFILE.md section 8: refresh tokens are DPoP-bound when the client used DPoP.
             bind_refresh_to=jkt,

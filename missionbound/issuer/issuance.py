@@ -10,7 +10,6 @@ derivation is never counted and nothing is issued.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,10 +20,11 @@ from missionbound import audit
 from missionbound.issuer.access_tokens import MintedToken, mint_access_token
 from missionbound.issuer.keys import SignerKey
 from missionbound.issuer.opaque import new_opaque_value, opaque_hash
+from missionbound.issuer.token_narrowing import TokenNarrowing
+from missionbound.mission.constraints import ConstraintRegistry
 from missionbound.mission.lifecycle import LifecyclePolicy
 from missionbound.mission.record import MissionRecord
-from missionbound.store import missions
-from missionbound.store.gate import gate_derivation
+from missionbound.store.gate import admit_derivation
 from missionbound.store.refresh import save_refresh_token, start_refresh_family
 from missionbound.store.tokens import record_issued_token
 
@@ -51,7 +51,8 @@ def derive_tokens(
     grant_type: str,
     grant_id: str,
     new_grant: bool,
-    resources: Sequence[str],
+    narrowing: TokenNarrowing,
+    registry: ConstraintRegistry,
     jkt: str | None,
     bind_refresh_to: str | None,
     now: datetime,
@@ -66,15 +67,18 @@ def derive_tokens(
     gets no refresh token (``issue_refresh_token``); its grant still gets a family, so that
     a code replay revokes the access token all the same.
     """
-    count = gate_derivation(session, mission_id, now=now, policy=policy)
-    mission = missions.get(session, mission_id)
-    assert mission is not None  # the gate locked it
+    # The gate hands back the record it read under the Mission lock (held to commit):
+    # minting from it is minting from what was admitted, with no second read.
+    admitted = admit_derivation(session, mission_id, now=now, policy=policy)
+    count, mission = admitted.count, admitted.mission
+    entries, audience = narrowing.apply(mission.authority_set, registry)
     access = mint_access_token(
         signer=signer,
         issuer=issuer,
         mission=mission,
         client_id=client_id,
-        resources=resources,
+        entries=entries,
+        audience=audience,
         jkt=jkt,
         now=now,
     )

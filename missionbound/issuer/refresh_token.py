@@ -13,7 +13,11 @@ from missionbound.issuer.authorization_code import revoke_grant
 from missionbound.issuer.client_auth import CLIENT_AUTH_METHODS
 from missionbound.issuer.issuance import derive_tokens, token_response
 from missionbound.issuer.opaque import opaque_hash
-from missionbound.issuer.token_endpoint import require_same_key, token_request_proof
+from missionbound.issuer.token_endpoint import (
+    require_same_key,
+    token_narrowing,
+    token_request_proof,
+)
 from missionbound.mission.lifecycle import LifecyclePolicy, is_effectively_active
 from missionbound.store.errors import InvalidGrant, RefreshTokenReused
 from missionbound.store.gate import gate_derivation
@@ -77,7 +81,8 @@ class MissionRefreshTokenGrant(RefreshTokenGrant):  # type: ignore[misc]
             grant_type=self.GRANT_TYPE,
             grant_id=token.family_id,
             new_grant=False,
-            resources=request.values("resource"),
+            narrowing=token_narrowing(request),
+            registry=issuer.tenant.catalog.constraints,
             jkt=proof.jkt if proof is not None else None,
             bind_refresh_to=None,
             now=request.now,

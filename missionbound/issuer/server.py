@@ -26,10 +26,12 @@ from missionbound.issuer.authorization_code import MissionAuthorizationCodeGrant
 from missionbound.issuer.client_auth import PrivateKeyJWT
 from missionbound.issuer.clients import ClientDirectory, OAuthClient
 from missionbound.issuer.dpop import issue_nonce
+from missionbound.issuer.issuance import anchors_of
 from missionbound.issuer.keys import SignerKey, signing_key
 from missionbound.issuer.refresh_token import MissionRefreshTokenGrant
 from missionbound.mission.errors import MissionError
 from missionbound.mission.lifecycle import LifecyclePolicy
+from missionbound.store import missions
 from missionbound.store.missions import mission_exists
 from missionbound.store.secrets import server_secret
 from missionbound.store.transactions import Store
@@ -241,11 +243,16 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
 
     # -- running a request in a transaction ------------------------------------------------
 
-    def run(self, request: OAuthRequest, handler: Callable[[OAuthRequest], OAuthResponse]
-            ) -> OAuthResponse:
+    def run(self, request: OAuthRequest, handler: Callable[[OAuthRequest], OAuthResponse],
+            *, read_only: bool = False) -> OAuthResponse:
         """``handler`` inside one write transaction. A refusal (an Authlib error response,
         an ``OAuth2Error``, a :class:`MissionError`) rolls the transaction back, is audited
-        in a transaction of its own, and is answered: errors are the wire format here."""
+        in a transaction of its own, and is answered: errors are the wire format here.
+
+        ``read_only`` is for endpoints that write nothing (introspection): the handler then
+        runs in :meth:`Store.begin_read`, which on SQLite takes no write lock and is always
+        rolled back. Refusals are audited exactly as for a write transaction (their own
+        transaction, after this one closed)."""
         # Secrets are read (once per process) before the transaction opens: on SQLite a
         # second transaction inside this one would wait for its write lock forever.
         nonce_secret = self.dpop_nonce_secret()
@@ -256,7 +263,8 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
         # refreshes, tests/issuer/test_concurrency.py).
         request.signing_key = self.signer()
         try:
-            with self.store.begin() as session:
+            transaction = self.store.begin_read() if read_only else self.store.begin()
+            with transaction as session:
                 request.db = session
                 try:
                     answer = handler(request)
@@ -288,15 +296,19 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
         context = request.refusal
         if context is None:
             return
-        mission_id = context.get("mission_id")
         with self.store.begin() as session:
+            # The refused request's Mission, with its anchors when it has them: the refusal
+            # joins the Mission's own chain like its issuances do.
+            mission = None
+            if mission_exists(session, context.get("mission_id")):
+                mission = missions.get(session, context["mission_id"])
             audit.append(
                 session,
                 event=context["event"],
-                mission_id=mission_id if mission_exists(session, mission_id) else None,
+                mission_id=mission.mission_id if mission is not None else None,
                 actor={"client_id": context.get("client_id")},
-                anchors=None,
-                policy_version=None,
+                anchors=anchors_of(mission) if mission is not None else None,
+                policy_version=mission.policy_version if mission is not None else None,
                 data={name: wire[name] for name in sorted(wire) if name != "error_description"}
                 | {"error_description": str(wire.get("error_description", ""))[:500]},
                 at=request.now,

@@ -1,11 +1,12 @@
 """What both grants share at the token endpoint: the DPoP proof of the request (RFC 9449
-section 5) and the signing key."""
+section 5) and the narrowing the request asks for (issuance digest 6.4)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from missionbound.issuer.dpop import verify_request_proof
+from missionbound.issuer.token_narrowing import TokenNarrowing
 from missionbound.protocol.dpop import DPoPProof, DPoPProofError
 
 if TYPE_CHECKING:
@@ -29,6 +30,15 @@ def token_request_proof(
         # RFC 9449 section 5.2: this client registered dpop_bound_access_tokens.
         raise DPoPProofError("this client must send a DPoP proof (dpop_bound_access_tokens)")
     return proof
+
+
+def token_narrowing(request: OAuthRequest) -> TokenNarrowing:
+    """``resource`` (repeatable), ``scope`` and ``authorization_details`` of the request."""
+    return TokenNarrowing.from_parameters(
+        request.values("resource"),
+        request.form.get("scope"),
+        request.form.get("authorization_details"),
+    )
 
 
 def require_same_key(proof: DPoPProof | None, bound_jkt: str | None, what: str) -> None:

@@ -4,6 +4,7 @@ PostgreSQL, checked against the stored Mission record."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from typing import Any
@@ -148,3 +149,33 @@ def test_a_scope_narrowed_mission_grants_only_that_scope(flow: Flow) -> None:
 def test_issuance_left_a_verifiable_audit_log(flow: Flow) -> None:
     # Run last in the module.
     audit_verifies(flow.engine)
+
+
+def test_scope_and_authorization_details_narrow_one_token(flow: Flow) -> None:
+    # Issuance digest 6.4 / RFC 9396 section 6.2: a token request may ask for less.
+    pushed, code = flow.approved_code()
+    response = flow.redeem(code, pushed.pkce.verifier, scope="invoices.read")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    _, claims = flow.decode(body["access_token"])
+    assert [e["actions"] for e in claims["authorization_details"]] == [["invoices.read"]]
+    assert claims["aud"] == ERP
+    assert body["authorization_details"] == claims["authorization_details"]
+
+    asked = [{"type": "mission_resource_access", "resource": MCP, "actions": ["get_invoice"]}]
+    refreshed = flow.refresh(body["refresh_token"], authorization_details=json.dumps(asked))
+    assert refreshed.status_code == 200, refreshed.text
+    _, claims = flow.decode(refreshed.json()["access_token"])
+    assert claims["authorization_details"] == asked and claims["aud"] == MCP
+
+
+def test_broader_authorization_details_at_the_token_endpoint_are_refused(flow: Flow) -> None:
+    # Issuance digest 16.29: nothing issued, the code still redeemable.
+    pushed, code = flow.approved_code()
+    broader = [{"type": "mission_resource_access", "resource": MCP,
+                "actions": ["send_remittance_email"]}]
+    refused = flow.redeem(code, pushed.pkce.verifier,
+                          authorization_details=json.dumps(broader))
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_authorization_details"
+    assert flow.redeem(code, pushed.pkce.verifier).status_code == 200
