@@ -92,36 +92,20 @@ def authorization_response(
     return Redirect(urlunsplit(parts._replace(query=query)))
 
 
-def front_channel_error(
-    issuer: MissionIssuer, query: Mapping[str, str], error: str, description: str
-) -> Redirect:
-    """An error for a request that named a registered client and redirect URI; anything
-    else is shown on a page (RFC 6749 section 4.1.2.1)."""
-    client = issuer.clients.find(query.get("client_id"))
-    redirect_uri = query.get("redirect_uri")
-    if client is None or not redirect_uri or not client.check_redirect_uri(redirect_uri):
-        raise AuthorizationPageError(description)
-    return authorization_response(
-        redirect_uri,
-        {"error": error, "error_description": description, "state": query.get("state")},
-        issuer.issuer,
-    )
-
-
-def check_front_channel(issuer: MissionIssuer, query: Mapping[str, str]) -> Redirect | None:
+def check_front_channel(query: Mapping[str, str]) -> None:
     """Refusals that need no pushed request: a Mission Intent on the front channel, or no
-    ``request_uri`` at all (this AS requires PAR: ``require_pushed_authorization_requests``)."""
+    ``request_uri`` at all (this AS requires PAR: ``require_pushed_authorization_requests``).
+
+    Always a page, never a redirect: without a pushed request nothing vouches for the
+    ``redirect_uri``, and anyone can register one through open registration; redirecting
+    there would make this AS an open redirector (RFC 9700 section 4.11.2)."""
     if query.get("request_uri"):
-        return None
+        return
     if "mission_intent" in query:
-        return front_channel_error(
-            issuer, query, "invalid_request",
-            "mission_intent is accepted only in a pushed authorization request (PAR)",
-        )
-    return front_channel_error(
-        issuer, query, "invalid_request",
-        "this server requires pushed authorization requests: send client_id and request_uri",
-    )
+        raise AuthorizationPageError(
+            "mission_intent is accepted only in a pushed authorization request (PAR)")
+    raise AuthorizationPageError(
+        "this server requires pushed authorization requests: send client_id and request_uri")
 
 
 def _load(issuer: MissionIssuer, session: Session, query: Mapping[str, str], now: datetime
@@ -207,13 +191,15 @@ def _mac(secret: bytes, *parts: str) -> str:
     return hmac.new(secret, "\n".join(parts).encode(), hashlib.sha256).hexdigest()
 
 
-def _acr_met(issuer: MissionIssuer, mission: MissionRecord) -> bool:
-    """Section 5: the Approver's sign-in must meet ``context.acr``. A password sign-in meets
-    the password level and nothing stricter (no MFA here yet)."""
-    context = mission.mission_intent.get("context") or {}
-    wanted = context.get("acr") if isinstance(context, dict) else None
-    if wanted is None:
-        return True
+class SignInAgain(AuthorizationPageError):
+    """The Mission asks for a fresher sign-in than the Approver's (``aal.freshness_seconds``):
+    the browser is sent to sign in again."""
+
+    error = "login_required"
+
+
+def _acr_meets(issuer: MissionIssuer, wanted: object) -> bool:
+    """Whether a password sign-in (the only kind here: no MFA yet) meets ``wanted``."""
     if not isinstance(wanted, str):
         return False
     order = issuer.tenant.catalog.acr_order
@@ -222,16 +208,42 @@ def _acr_met(issuer: MissionIssuer, mission: MissionRecord) -> bool:
     return order.index(PASSWORD_ACR) >= order.index(wanted)
 
 
+def _unmet_sign_in(issuer: MissionIssuer, mission: MissionRecord, auth_time: int | None,
+                   now: datetime) -> str | None:
+    """Section 5 and the ``aal`` constraint of section 6 ("AS at approval"): the Approver's
+    sign-in must meet ``context.acr`` and every ``aal`` (Mission-wide or on an entry), and
+    be no older than its ``freshness_seconds``. None when met; else why not. Raises
+    :class:`SignInAgain` when only freshness fails."""
+    context = mission.mission_intent.get("context") or {}
+    levels: list[object] = []
+    freshness: list[int] = []
+    aals = [context.get("aal")] + [
+        (entry.get("constraints") or {}).get("aal") for entry in mission.authority_set
+    ]
+    if "acr" in context:
+        levels.append(context["acr"])
+    for aal in aals:
+        if isinstance(aal, dict):
+            levels.append(aal.get("value"))
+            if isinstance(aal.get("freshness_seconds"), int):
+                freshness.append(aal["freshness_seconds"])
+    if not all(_acr_meets(issuer, level) for level in levels):
+        return "the approver's sign-in cannot meet the Mission's acr or aal"
+    if freshness and (auth_time is None or now.timestamp() - auth_time > min(freshness)):
+        raise SignInAgain("the Mission asks for a recent sign-in: sign in again")
+    return None
+
+
 def consent_page(
     issuer: MissionIssuer, session: Session, query: Mapping[str, str], approver: User,
-    now: datetime,
+    now: datetime, auth_time: int | None = None,
 ) -> ConsentPage | Redirect:
     pending = _load(issuer, session, query, now)
-    if not _acr_met(issuer, pending.mission):
+    unmet = _unmet_sign_in(issuer, pending.mission, auth_time, now)
+    if unmet is not None:
         return authorization_response(
             str(pending.params["redirect_uri"]),
-            {"error": "access_denied", "state": _state(pending),
-             "error_description": "the approver's sign-in cannot meet the Mission's acr"},
+            {"error": "access_denied", "state": _state(pending), "error_description": unmet},
             issuer.issuer,
         )
     subject = _subject(issuer, pending.mission, approver)
@@ -254,13 +266,18 @@ def consent_page(
 
 def decide(
     issuer: MissionIssuer, session: Session, form: Mapping[str, str], approver: User,
-    now: datetime,
+    now: datetime, auth_time: int | None = None,
 ) -> Redirect:
     """The Approver's decision, from the consent form."""
     decision = form.get("decision")
     if decision not in ("approve", "reject"):
         raise AuthorizationPageError("decision must be approve or reject")
     pending = _load(issuer, session, form, now)
+    if decision == "approve":
+        # Checked again at the decision: the page may have been open for a while.
+        unmet = _unmet_sign_in(issuer, pending.mission, auth_time, now)
+        if unmet is not None:
+            raise ApproverNotAllowed(unmet)
     subject = _subject(issuer, pending.mission, approver)
     disclosure_id = form.get("disclosure_id") or ""
     instant = form.get("rendered_at") or ""

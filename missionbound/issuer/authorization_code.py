@@ -29,9 +29,6 @@ from missionbound.store.refresh import revoke_refresh_family
 from missionbound.store.tokens import revoke_grant_tokens
 from missionbound.store.transactions import run_after_rollback
 
-# RFC 6749 section 4.1.2 recommends at most 10 minutes; an agent redeems at once.
-CODE_LIFETIME_SECONDS = 60
-
 
 class S256Only(CodeChallenge):  # type: ignore[misc]
     """PKCE with ``S256`` alone: ``plain`` is refused (PROFILE.md section 5)."""

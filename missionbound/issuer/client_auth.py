@@ -14,6 +14,8 @@ from typing import Any, cast
 
 from authlib.oauth2.rfc6749 import InvalidClientError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from joserfc import jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from missionbound.store.single_use import consume_once
@@ -60,6 +62,16 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
             raise InvalidClientError(
                 description="The client's registered jwks is unusable."
             ) from error
+
+    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> Any:
+        # Authlib decodes with joserfc's default registry (HS256, RS256, ES256): name the
+        # algorithms the metadata advertises instead, and no symmetric one.
+        try:
+            token = jwt.decode(assertion, resolve_key, algorithms=list(ASSERTION_ALGS))
+        except JoseError as error:
+            raise InvalidClientError(description="The client assertion is not valid.") from error
+        self.verify_claims(token.claims)
+        return token.claims
 
     def validate_jti(self, claims: dict[str, Any], jti: Any) -> bool:
         if not isinstance(jti, str) or not 0 < len(jti) <= 255:

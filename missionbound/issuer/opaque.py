@@ -1,7 +1,8 @@
 """Opaque credentials: authorization codes, refresh tokens, ``request_uri`` values.
 
-The AS hands out random values and keeps only their hashes, so a read of the database
-(a backup, a replica) yields nothing a client could present.
+The AS hands out random values. Codes and refresh tokens are kept only as hashes, so a read
+of the database (a backup, a replica) yields nothing a client could redeem; a ``request_uri``
+is stored as is (it is bound to its client and grants nothing by itself).
 """
 
 from __future__ import annotations

@@ -155,10 +155,12 @@ def _dpop_key(issuer: MissionIssuer, request: OAuthRequest) -> str | None:
 
 
 def _pushed_subject(issuer: MissionIssuer, login_hint: str | None) -> Principal | None:
-    """The Subject the client says the Mission is for (decision A18). It grants nothing: the
-    Approver must be that user or be allowed to approve for them."""
+    """The Subject the client says the Mission is for (decision O2). It grants nothing: the
+    Approver must be that user or be allowed to approve for them. Whether the user exists
+    is checked at approval, where only the signed-in Approver learns it: answering it here
+    would let any (registered) client list the deployment's users."""
     if login_hint is None:
         return None
-    if login_hint not in issuer.tenant.users:
-        raise InvalidRequest("login_hint names no user of this deployment")
+    if not 0 < len(login_hint) <= 255 or not login_hint.isprintable():
+        raise InvalidRequest("login_hint must be 1 to 255 printable characters")
     return Principal(issuer.issuer, login_hint)

@@ -170,14 +170,13 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
         self._secrets: dict[str, bytes] = {}
         self.register_grant(MissionAuthorizationCodeGrant, [S256Only(required=True)])
         self.register_grant(MissionRefreshTokenGrant)
-        base = self.issuer.rstrip("/")
-        # RFC 7523 section 3 item 3: the AS's issuer identifier, or the endpoint the
-        # assertion is sent to.
         self.register_client_auth_method(
             "private_key_jwt",
             PrivateKeyJWT(
-                [self.issuer, f"{base}/token", f"{base}/par", f"{base}/introspect",
-                 f"{base}/revoke"],
+                # draft-ietf-oauth-rfc7523bis: the issuer identifier alone, so an assertion
+                # made for another AS that named one of our endpoint URLs (the 2025
+                # audience-injection attack) is never accepted here.
+                [self.issuer],
                 store,
                 clock,
             ),
@@ -270,25 +269,25 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
                     answer = handler(request)
                 except OAuth2Error as error:
                     raise RefusedResponse(OAuthResponse(*error())) from None
-            if nonce_secret is not None:
-                # RFC 9449 section 8.2: a fresh nonce with every answer spares the client
-                # a refused round trip when the one it holds goes stale.
-                answer.headers.append(("DPoP-Nonce", issue_nonce(nonce_secret, request.now)))
-            return answer
         except RefusedResponse as refused:
             body = refused.response.body
             self._audit_refusal(request, body if isinstance(body, dict) else {})
-            return refused.response
+            answer = refused.response
         except MissionError as error:
             self._audit_refusal(request, error.to_wire())
-            headers = [("Cache-Control", "no-store")]
+            answer = OAuthResponse(error.status, error.to_wire(), [("Cache-Control", "no-store")])
             nonce = getattr(error, "nonce", None)
             if isinstance(nonce, str):
                 # RFC 9449 section 8: the nonce to retry with.
-                headers.append(("DPoP-Nonce", nonce))
-            return OAuthResponse(error.status, error.to_wire(), headers)
+                answer.headers.append(("DPoP-Nonce", nonce))
+                return answer
         finally:
             request.db = None
+        if nonce_secret is not None:
+            # RFC 9449 section 8.2: a fresh nonce with every answer, refusals included,
+            # spares the client a refused round trip when the one it holds goes stale.
+            answer.headers.append(("DPoP-Nonce", issue_nonce(nonce_secret, request.now)))
+        return answer
 
     def _audit_refusal(self, request: OAuthRequest, wire: dict[str, Any]) -> None:
         """DESIGN.md: every refusal is evidence. Written after the rollback, so it never

@@ -54,7 +54,7 @@ class MissionRecord:
     authority_set: list[Any]
     narrowing_decisions: list[Any]
     # None only while pending_approval without a login_hint: the AS establishes the Subject
-    # at approval (PROFILE.md section 5; decision A18).
+    # at approval (PROFILE.md section 5; decision O2).
     subject: Principal | None
     client_id: str
     policy_version: str

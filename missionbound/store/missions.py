@@ -232,7 +232,7 @@ def approve(
     (``iss`` and ``sub``); anything else is an :class:`InvalidRequest`, nothing written.
 
     ``subject`` is the Subject the AS established at approval, for a Mission pushed without
-    one (decision A18); for a Mission that names its Subject it may be omitted or must be
+    one (decision O2); for a Mission that names its Subject it may be omitted or must be
     that Subject. Whether the Approver may approve for the Subject is the issuer's policy
     check, made before this call.
 

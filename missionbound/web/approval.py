@@ -15,6 +15,7 @@ from missionbound.issuer.authorization import (
     AuthorizationPageError,
     ConsentPage,
     Redirect,
+    SignInAgain,
     check_front_channel,
     consent_page,
     decide,
@@ -75,11 +76,16 @@ def _safe_next(value: str | None) -> str:
 
 
 async def _form(request: Request) -> dict[str, str]:
+    """The form's fields; an oversized or overfull form reads as empty, which then fails
+    its CSRF check (400 page) like any forged one."""
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
         return {}
-    return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True,
-                          max_num_fields=50))
+    try:
+        return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True,
+                              max_num_fields=50))
+    except ValueError:
+        return {}
 
 
 Form = Annotated[dict[str, str], Depends(_form)]
@@ -89,11 +95,9 @@ Form = Annotated[dict[str, str], Depends(_form)]
 def authorize(request: Request, issuer: Issuer) -> Response:
     query = dict(request.query_params)
     try:
-        early = check_front_channel(issuer, query)
+        check_front_channel(query)
     except MissionError as error:
         return _error_page(error)
-    if early is not None:
-        return _see_other(early.location)
     session = _browser_session(issuer, request)
     user = _signed_in_user(issuer, session)
     if user is None:
@@ -102,7 +106,10 @@ def authorize(request: Request, issuer: Issuer) -> Response:
     try:
         issuer.secret("consent")  # read before the transaction: see MissionIssuer.run
         with issuer.store.begin() as db:
-            outcome = consent_page(issuer, db, query, user, issuer.clock())
+            outcome = consent_page(issuer, db, query, user, issuer.clock(), session.auth_time)
+    except SignInAgain:
+        target = request.url.path + "?" + request.url.query
+        return _see_other("/login?next=" + quote(target, safe=""))
     except MissionError as error:
         return _error_page(error)
     if isinstance(outcome, Redirect):
@@ -149,7 +156,7 @@ def consent(request: Request, issuer: Issuer, form: Form) -> Response:
             raise AuthorizationPageError("sign in again: the session ended before the decision")
         issuer.secret("consent")  # read before the transaction: see MissionIssuer.run
         with issuer.store.begin() as db:
-            outcome = decide(issuer, db, form, user, issuer.clock())
+            outcome = decide(issuer, db, form, user, issuer.clock(), session.auth_time)
     except MissionError as error:
         return _error_page(error)
     return _see_other(outcome.location)

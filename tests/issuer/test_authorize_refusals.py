@@ -100,14 +100,14 @@ def test_not_signed_in_goes_to_sign_in_with_a_relative_next(flow: Flow) -> None:
     assert parse_qs(urlsplit(target).query)["request_uri"] == [pushed.request_uri]
 
 
-def test_a_front_channel_intent_is_redirected_as_invalid_request(flow: Flow) -> None:
-    # Issuance digest 16.13: a registered client and redirect URI hear of it, with iss.
+def test_a_front_channel_intent_is_a_page_even_for_a_registered_redirect(flow: Flow) -> None:
+    # PROFILE.md section 3: refused with invalid_request. Without a pushed request nothing
+    # vouches for the redirect URI (open registration), so it is never redirected to
+    # (RFC 9700 section 4.11.2).
     intent = json.dumps(mission_intent(flow.now()))
-    query = error_redirect(flow, lambda: authorize(
+    error_page(flow, lambda: authorize(
         flow.browser(), client_id=AGENT[0], redirect_uri=REDIRECT_URI, state="s1",
-        response_type="code", mission_intent=intent), "invalid_request")
-    assert query["state"] == "s1"
-    assert "PAR" in query["error_description"]
+        response_type="code", mission_intent=intent))
 
 
 @pytest.mark.parametrize(
@@ -128,11 +128,10 @@ def test_a_front_channel_intent_with_an_untrusted_redirect_is_a_page(
     error_page(flow, lambda: authorize(flow.browser(), mission_intent=intent, **params))
 
 
-def test_no_request_uri_is_redirected_as_invalid_request(flow: Flow) -> None:
-    query = error_redirect(flow, lambda: authorize(
+def test_no_request_uri_is_a_page(flow: Flow) -> None:
+    error_page(flow, lambda: authorize(
         flow.browser(), client_id=AGENT[0], redirect_uri=REDIRECT_URI, response_type="code",
-        state="s2"), "invalid_request")
-    assert query["state"] == "s2"
+        state="s2"))
 
 
 def test_no_request_uri_and_no_redirect_uri_is_a_page(flow: Flow) -> None:
@@ -205,6 +204,16 @@ def test_bob_may_approve_for_alice_and_alice_for_herself(flow: Flow) -> None:
         mission = flow.mission_of(pushed.request_uri)
         assert mission.subject is not None and mission.subject.sub == "alice"
         assert mission.approver is not None and mission.approver.sub == approver
+
+
+def test_a_login_hint_naming_no_user_is_refused_to_the_approver_only(flow: Flow) -> None:
+    # PAR does not say whether a user exists (no user enumeration by clients); the
+    # Approver's page does, and nothing is approved.
+    pushed = flow.push_ok(login_hint="mallory")
+    bob = flow.signed_in("bob")
+    error_page(flow, lambda: authorize(bob, client_id=AGENT[0],
+                                       request_uri=pushed.request_uri), status=403)
+    assert flow.mission_of(pushed.request_uri).state is State.PENDING_APPROVAL
 
 
 def test_without_login_hint_the_approver_is_the_subject(flow: Flow) -> None:
@@ -339,6 +348,36 @@ def test_an_acr_the_sign_in_cannot_meet_is_access_denied(flow: Flow) -> None:
         browser, client_id=AGENT[0], request_uri=pushed.request_uri), "access_denied")
     assert query["state"] == pushed.state and "code" not in query
     assert flow.mission_of(pushed.request_uri).state is State.PENDING_APPROVAL
+
+
+def test_an_aal_the_sign_in_cannot_meet_is_access_denied(flow: Flow) -> None:
+    # PROFILE.md section 6: aal is enforced by the AS at approval.
+    intent = mission_intent(flow.now(), context={
+        "aal": {"value": "urn:missionbound:acr:mfa", "freshness_seconds": 600}})
+    pushed = flow.push_ok(intent=intent)
+    browser = flow.signed_in("bob")
+    error_redirect(flow, lambda: authorize(
+        browser, client_id=AGENT[0], request_uri=pushed.request_uri), "access_denied")
+    assert flow.mission_of(pushed.request_uri).state is State.PENDING_APPROVAL
+
+
+def test_an_aal_freshness_sends_a_stale_sign_in_back_to_login(flow: Flow) -> None:
+    intent = mission_intent(flow.now(), context={
+        "aal": {"value": "urn:missionbound:acr:password", "freshness_seconds": 60}})
+    pushed = flow.push_ok(intent=intent)
+    browser = flow.browser()
+    flow.sign_in(browser, "bob")
+    _, hidden = flow.consent_form(pushed.request_uri, browser=browser)
+    flow.clock.advance(120)
+    stale = authorize(browser, client_id=AGENT[0], request_uri=pushed.request_uri)
+    assert stale.status_code == 303 and stale.headers["location"].startswith("/login?next=")
+    # Nor does the form shown before go through with the stale sign-in.
+    error_page(flow, lambda: flow.decide(browser, hidden), status=400,
+               reason="the Mission asks for a recent sign-in: sign in again")
+    assert flow.mission_of(pushed.request_uri).state is State.PENDING_APPROVAL
+    flow.sign_in(browser, "bob")
+    assert "code" in callback_query(flow.decide(*flow.consent_form(
+        pushed.request_uri, browser=browser)))
 
 
 def test_front_channel_extras_beside_a_request_uri_are_ignored(flow: Flow) -> None:

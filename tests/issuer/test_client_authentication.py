@@ -70,9 +70,10 @@ def jwks_toml(jwks_json: str) -> str:
     return "{ keys = [" + members + "] }"
 
 
-@pytest.fixture
-def agent_key() -> ECKey:
-    return ECKey.generate_key("P-256", private=True)
+@pytest.fixture(params=["P-256", "P-384"])
+def agent_key(request: pytest.FixtureRequest) -> ECKey:
+    # Every advertised assertion algorithm must really authenticate (ES256, ES384).
+    return ECKey.generate_key(request.param, private=True)
 
 
 def make_settings(tmp_path: Path, agent_key: ECKey, **extra: Any) -> Settings:
@@ -101,7 +102,8 @@ def assertion(key: ECKey, *, aud: str = ISSUER, jti: str | None = None,
     now = int(time.time())
     claims = {"iss": sub, "sub": sub, "aud": aud, "iat": now, "exp": now + lifetime,
               "jti": jti or secrets.token_urlsafe(12)}
-    return jwt.encode({"alg": "ES256"}, claims, key)
+    alg = "ES384" if key.as_dict()["crv"] == "P-384" else "ES256"
+    return jwt.encode({"alg": alg}, claims, key, algorithms=[alg])
 
 
 def client_auth(value: str) -> dict[str, str]:
@@ -148,11 +150,15 @@ def test_private_key_jwt_authenticates_par_and_token(client: TestClient, agent_k
     assert pushed.status_code == 201, pushed.text
     answer = approve(client, pushed.json()["request_uri"])
     assert answer["iss"] == ISSUER
-    # RFC 7523 section 3: the token endpoint URL is an acceptable audience too.
-    tokens = client.post("/token", data={
-        "grant_type": "authorization_code", "code": answer["code"],
-        "redirect_uri": REDIRECT_URI, "code_verifier": verifier,
-        **client_auth(assertion(agent_key, aud=f"{ISSUER}/token"))})
+    redeem = {"grant_type": "authorization_code", "code": answer["code"],
+              "redirect_uri": REDIRECT_URI, "code_verifier": verifier}
+    # draft-ietf-oauth-rfc7523bis: only the issuer identifier is an acceptable audience; an
+    # endpoint URL (audience injection) is refused, and the code stays usable.
+    endpoint_aud = client.post("/token", data={
+        **redeem, **client_auth(assertion(agent_key, aud=f"{ISSUER}/token"))})
+    assert endpoint_aud.status_code in (400, 401)
+    assert endpoint_aud.json()["error"] == "invalid_client"
+    tokens = client.post("/token", data={**redeem, **client_auth(assertion(agent_key))})
     assert tokens.status_code == 200, tokens.text
     assert tokens.json()["token_type"] == "Bearer"
 
@@ -213,3 +219,14 @@ def test_server_nonces_are_required_announced_and_accepted(tmp_path: Path, agent
         assert retry.status_code == 201, retry.text
         # RFC 9449 section 8.2: every answer carries the nonce to use next.
         assert retry.headers["DPoP-Nonce"]
+
+
+def test_refusals_carry_a_nonce_too_when_nonces_are_required(tmp_path: Path, agent_key: ECKey
+                                                            ) -> None:
+    settings = make_settings(tmp_path, agent_key, dpop_nonce_required=True)
+    for client in make_client(settings):
+        _, challenge = pkce()
+        refused = client.post("/par", data={**par_params(challenge), "response_type": "token",
+                                            **client_auth(assertion(agent_key))})
+        assert refused.status_code == 400
+        assert refused.headers["DPoP-Nonce"]

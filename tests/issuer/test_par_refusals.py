@@ -136,8 +136,8 @@ def test_a_repeated_parameter_is_refused(flow: Flow, name: str) -> None:
     refused_at_par(flow, pairs=[(name, str(params[name]))], scope="invoices.read")
 
 
-def test_an_unknown_login_hint_is_refused(flow: Flow) -> None:
-    refused_at_par(flow, login_hint="mallory")
+def test_an_unusable_login_hint_is_refused(flow: Flow) -> None:
+    refused_at_par(flow, login_hint="a" * 256)
 
 
 def test_a_json_body_is_refused(flow: Flow) -> None:

@@ -219,7 +219,7 @@ def test_a_registered_private_key_jwt_client_authenticates(flow: Flow) -> None:
         "jwks": {"keys": [key.as_dict(private=False)]}})["client_id"]
     now = int(time.time())
     assertion = jwt.encode({"alg": "ES256"}, {
-        "iss": client_id, "sub": client_id, "aud": f"{ISSUER}/introspect", "iat": now,
+        "iss": client_id, "sub": client_id, "aud": ISSUER, "iat": now,
         "exp": now + 60, "jti": secrets.token_urlsafe(12)}, key)
     grant = flow.grant()
     response = flow.client.post("/introspect", data={
