@@ -32,7 +32,7 @@ from missionbound.mission.anchors import (
     proposal_hash,
 )
 from missionbound.mission.consent import Party, build_consent_disclosure
-from missionbound.mission.errors import MissionError
+from missionbound.mission.errors import ConcurrentModification, InvalidState, MissionError
 from missionbound.mission.intent import validate_intent
 from missionbound.mission.lifecycle import Event, Role
 from missionbound.mission.record import MissionRecord, Principal, format_instant
@@ -54,6 +54,14 @@ CODE_LIFETIME = timedelta(seconds=60)
 class AuthorizationPageError(MissionError):
     """An error shown on a page, never redirected: the client or its redirect URI cannot be
     trusted (RFC 6749 section 4.1.2.1)."""
+
+
+class ApprovalFailed(Exception):
+    """The approval could not be recorded; ``redirect`` tells the client so."""
+
+    def __init__(self, redirect: Redirect) -> None:
+        super().__init__(redirect.location)
+        self.redirect = redirect
 
 
 class ApproverNotAllowed(AuthorizationPageError):
@@ -316,12 +324,21 @@ def decide(
         consent_rendering_hash=consent_rendering_hash(issuer.issuer, disclosure),
         authority_hash=sources["authority_hash"],
     )
-    missions.approve(
-        session, mission.mission_id, approver=approver_principal, subject=subject,
-        approval_event_id=disclosure_id, anchors=anchors, consent_disclosure=disclosure,
-        authority_set=mission.authority_set, policy_version=mission.policy_version, now=now,
-        policy=issuer.lifecycle_policy,
-    )
+    try:
+        missions.approve(
+            session, mission.mission_id, approver=approver_principal, subject=subject,
+            approval_event_id=disclosure_id, anchors=anchors, consent_disclosure=disclosure,
+            authority_set=mission.authority_set, policy_version=mission.policy_version,
+            now=now, policy=issuer.lifecycle_policy,
+        )
+    except (InvalidState, ConcurrentModification) as refused:
+        # The Mission left pending_approval while the page was open (its consent window
+        # lapsed, say): the client, whose redirect URI the pushed request vouches for,
+        # hears access_denied (RFC 6749 section 4.1.2.1) once this transaction rolls back.
+        raise ApprovalFailed(authorization_response(
+            redirect_uri, {"error": "access_denied", "state": _state(pending),
+                           "error_description": "the Mission can no longer be approved"},
+            issuer.issuer)) from refused
     code = new_opaque_value()
     save_authorization_code(
         session,

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from missionbound.issuer.authorization import (
+    ApprovalFailed,
     AuthorizationPageError,
     ConsentPage,
     Redirect,
@@ -157,6 +158,8 @@ def consent(request: Request, issuer: Issuer, form: Form) -> Response:
         issuer.secret("consent")  # read before the transaction: see MissionIssuer.run
         with issuer.store.begin() as db:
             outcome = decide(issuer, db, form, user, issuer.clock(), session.auth_time)
+    except ApprovalFailed as failed:
+        return _see_other(failed.redirect.location)
     except MissionError as error:
         return _error_page(error)
     return _see_other(outcome.location)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,6 +31,7 @@ from tests.issuer.flow import (
     Flow,
     audit_verifies,
     callback_query,
+    instant,
     last_audit_seq,
     mission_intent,
     refusals,
@@ -378,6 +380,20 @@ def test_an_aal_freshness_sends_a_stale_sign_in_back_to_login(flow: Flow) -> Non
     flow.sign_in(browser, "bob")
     assert "code" in callback_query(flow.decide(*flow.consent_form(
         pushed.request_uri, browser=browser)))
+
+
+def test_a_mission_that_expired_while_the_page_was_open_is_access_denied(flow: Flow) -> None:
+    # RFC 6749 section 4.1.2.1: the pushed request vouches for the redirect URI, so the
+    # client hears of it; nothing is approved and no code is issued.
+    intent = mission_intent(flow.now(), mission_expiry=instant(flow.now() + timedelta(
+        seconds=120)))
+    pushed = flow.push_ok(intent=intent)
+    browser, hidden = flow.consent_form(pushed.request_uri)
+    flow.clock.advance(180)
+    query = callback_query(flow.decide(browser, hidden))
+    assert query["error"] == "access_denied" and "code" not in query
+    assert query["state"] == pushed.state
+    assert flow.mission_of(pushed.request_uri).state is not State.ACTIVE
 
 
 def test_front_channel_extras_beside_a_request_uri_are_ignored(flow: Flow) -> None:
