@@ -20,7 +20,21 @@ class MissionError(Exception):
         self.description = description
 
     def to_wire(self) -> dict[str, str]:
-        return {"error": self.error, "error_description": self.description}
+        return {"error": self.error, "error_description": wire_text(self.description)}
+
+
+# RFC 6749 section 5.2: error_description is %x20-21 / %x23-5B / %x5D-7E (no '"' or '\\').
+_WIRE_SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+MAX_DESCRIPTION = 500
+
+
+def wire_text(description: str) -> str:
+    """``description`` as RFC 6749 allows it on the wire: double quotes become single ones,
+    backslashes slashes, anything else outside printable ASCII a ``?``; at most 500
+    characters (descriptions may quote client input)."""
+    text = description.replace('"', "'").replace("\\", "/")
+    text = "".join(char if char in _WIRE_SAFE else "?" for char in text)
+    return text[:MAX_DESCRIPTION]
 
 
 class InvalidRequest(MissionError):

@@ -16,6 +16,7 @@ import pytest
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import Key, RSAKey
 
+from missionbound.mission.errors import wire_text
 from missionbound.protocol.dpop import (
     DEFAULT_CLOCK_SKEW_SECONDS,
     DEFAULT_MAX_AGE_SECONDS,
@@ -99,7 +100,9 @@ def refused(proof: Any, **overrides: Any) -> DPoPProofError:
     assert type(error) is DPoPProofError
     assert error.error == "invalid_dpop_proof"
     assert error.status == 400
-    assert error.to_wire() == {"error": "invalid_dpop_proof", "error_description": str(error)}
+    # On the wire the description keeps to RFC 6749 section 5.2's characters.
+    assert error.to_wire() == {"error": "invalid_dpop_proof",
+                               "error_description": wire_text(str(error))}
     assert error.description
     return error
 
