@@ -17,11 +17,10 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy.orm import Session
 
 from missionbound.issuer.client_auth import CLIENT_AUTH_METHODS
-from missionbound.issuer.issuance import derive_tokens, token_response
 from missionbound.issuer.opaque import opaque_hash
 from missionbound.issuer.token_endpoint import (
+    derive_for_grant,
     require_same_key,
-    token_narrowing,
     token_request_proof,
 )
 from missionbound.store.codes import AuthorizationCodeReused, redeem_authorization_code
@@ -106,23 +105,9 @@ class MissionAuthorizationCodeGrant(AuthorizationCodeGrant):  # type: ignore[mis
         # RFC 9449 section 10: a code pushed with dpop_jkt is redeemable only with that key.
         require_same_key(proof, code.dpop_jkt, "authorization code")
         jkt = proof.jkt if proof is not None else None
-        derived = derive_tokens(
-            request.session(),
-            issuer=issuer.issuer,
-            # Pinned before the transaction opened (MissionIssuer.run).
-            signer=request.pinned_signing_key(),
-            mission_id=code.mission_id,
-            client_id=client.client_id,
-            grant_type=self.GRANT_TYPE,
-            grant_id=code.grant_id,
-            new_grant=True,
-            narrowing=token_narrowing(request),
-            registry=issuer.tenant.catalog.constraints,
-            jkt=jkt,
+        return derive_for_grant(
+            self, mission_id=code.mission_id, grant_id=code.grant_id, new_grant=True, jkt=jkt,
             # PROFILE.md section 8: refresh tokens are DPoP-bound when the client used DPoP.
             bind_refresh_to=jkt,
-            now=request.now,
-            policy=issuer.lifecycle_policy,
             issue_refresh_token=client.check_grant_type("refresh_token"),
         )
-        return 200, token_response(derived, request.now), self.TOKEN_RESPONSE_HEADER

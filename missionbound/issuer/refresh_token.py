@@ -11,11 +11,10 @@ from sqlalchemy.orm import Session
 
 from missionbound.issuer.authorization_code import revoke_grant
 from missionbound.issuer.client_auth import CLIENT_AUTH_METHODS
-from missionbound.issuer.issuance import derive_tokens, token_response
 from missionbound.issuer.opaque import opaque_hash
 from missionbound.issuer.token_endpoint import (
+    derive_for_grant,
     require_same_key,
-    token_narrowing,
     token_request_proof,
 )
 from missionbound.mission.lifecycle import LifecyclePolicy, is_effectively_active
@@ -71,24 +70,10 @@ class MissionRefreshTokenGrant(RefreshTokenGrant):  # type: ignore[misc]
         request.refusal["mission_id"] = token.mission_id
         proof = token_request_proof(issuer, request, client)
         require_same_key(proof, token.dpop_jkt, "refresh token")
-        derived = derive_tokens(
-            request.session(),
-            issuer=issuer.issuer,
-            # Pinned before the transaction opened (MissionIssuer.run).
-            signer=request.pinned_signing_key(),
-            mission_id=token.mission_id,
-            client_id=client.client_id,
-            grant_type=self.GRANT_TYPE,
-            grant_id=token.family_id,
-            new_grant=False,
-            narrowing=token_narrowing(request),
-            registry=issuer.tenant.catalog.constraints,
-            jkt=proof.jkt if proof is not None else None,
-            bind_refresh_to=None,
-            now=request.now,
-            policy=issuer.lifecycle_policy,
+        return derive_for_grant(
+            self, mission_id=token.mission_id, grant_id=token.family_id, new_grant=False,
+            jkt=proof.jkt if proof is not None else None, bind_refresh_to=None,
         )
-        return 200, token_response(derived, request.now), self.TOKEN_RESPONSE_HEADER
 
 
 def _refuse_if_mission_ended(request: OAuthRequest, token_hash: str, client_id: str,

@@ -3,9 +3,10 @@ section 5) and the narrowing the request asks for (issuance digest 6.4)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from missionbound.issuer.dpop import verify_request_proof
+from missionbound.issuer.issuance import derive_tokens, token_response
 from missionbound.issuer.token_narrowing import TokenNarrowing
 from missionbound.protocol.dpop import DPoPProof, DPoPProofError
 
@@ -30,6 +31,40 @@ def token_request_proof(
         # RFC 9449 section 5.2: this client registered dpop_bound_access_tokens.
         raise DPoPProofError("this client must send a DPoP proof (dpop_bound_access_tokens)")
     return proof
+
+
+def derive_for_grant(
+    grant: Any,
+    *,
+    mission_id: str,
+    grant_id: str,
+    new_grant: bool,
+    jkt: str | None,
+    bind_refresh_to: str | None,
+    issue_refresh_token: bool = True,
+) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+    """The token response of an Authlib grant (code or refresh): one derivation through the
+    gate (``issuance.derive_tokens``) with what every grant passes the same way."""
+    request, issuer = grant.request, grant.server
+    derived = derive_tokens(
+        request.session(),
+        issuer=issuer.issuer,
+        # Pinned before the transaction opened (MissionIssuer.run).
+        signer=request.pinned_signing_key(),
+        mission_id=mission_id,
+        client_id=grant.request.client.client_id,
+        grant_type=grant.GRANT_TYPE,
+        grant_id=grant_id,
+        new_grant=new_grant,
+        narrowing=token_narrowing(request),
+        registry=issuer.tenant.catalog.constraints,
+        jkt=jkt,
+        bind_refresh_to=bind_refresh_to,
+        now=request.now,
+        policy=issuer.lifecycle_policy,
+        issue_refresh_token=issue_refresh_token,
+    )
+    return 200, token_response(derived, request.now), grant.TOKEN_RESPONSE_HEADER
 
 
 def token_narrowing(request: OAuthRequest) -> TokenNarrowing:
