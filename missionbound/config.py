@@ -104,6 +104,28 @@ class Settings(BaseSettings):
         default=False,
         description="Require a server-provided DPoP nonce at PAR and token (RFC 9449 section 8).",
     )
+    mission_status_lifetime_seconds: int = Field(
+        default=60, ge=1, le=3600,
+        description="Lifetime (exp - iat) of a signed Mission Status response.",
+    )
+    signals_delivery_seconds: float = Field(
+        default=1.0, ge=0, le=3600, allow_inf_nan=False,
+        description="How often `serve` looks for Shared Signals events to deliver when no "
+        "change notification woke it; 0 turns delivery off.",
+    )
+    signals_push_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=120, allow_inf_nan=False,
+        description="How long one RFC 8935 push waits for the receiver's answer.",
+    )
+    signals_max_backoff_seconds: float = Field(
+        default=300.0, gt=0, le=86400, allow_inf_nan=False,
+        description="Longest wait between two push attempts to a failing receiver.",
+    )
+    mission_cache_max_age_seconds: float = Field(
+        default=5.0, ge=0, le=3600, allow_inf_nan=False,
+        description="Longest a replica trusts its cached Mission state without reading it "
+        "again, even with no change notification; 0 turns the cache off.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     role: Literal["issuer"] = Field(
         default="issuer", description="What this process is; 'resource_as' comes later."
@@ -127,7 +149,9 @@ class Settings(BaseSettings):
 
     @field_validator(
         "port", "mission_intent_max_size", "consent_window_seconds", "max_request_body_size",
-        "expiry_sweep_seconds", "max_mission_lifetime", mode="before",
+        "expiry_sweep_seconds", "max_mission_lifetime", "mission_status_lifetime_seconds",
+        "signals_delivery_seconds", "signals_push_timeout_seconds", "signals_max_backoff_seconds",
+        "mission_cache_max_age_seconds", mode="before",
     )
     @classmethod
     def _no_booleans(cls, value: Any) -> Any:

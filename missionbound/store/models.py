@@ -282,3 +282,67 @@ class OutboxEvent(Base):
     delivered_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer)
     next_attempt_at: Mapped[datetime]
+
+
+class LifecycleRequest(Base):
+    """A lifecycle endpoint request already answered (PROFILE.md section 10): the ``nonce``
+    is the retry key per caller and Mission, so a retransmit is recognised and the same
+    nonce with another request is refused (issuance digest 5.4)."""
+
+    __tablename__ = "lifecycle_requests"
+
+    caller: Mapped[str] = mapped_column(ID, primary_key=True)
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_digest: Mapped[str] = mapped_column(DIGEST)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SignalStream(Base):
+    """An OpenID Shared Signals stream (SSF 1.0 section 8): one receiver, one delivery method.
+
+    ``client_id`` is the receiver that created it; it receives the events of every Mission
+    that client may see. ``next_attempt_at`` and ``attempts`` pace push delivery of the whole
+    stream: events go out in order, so a failing receiver holds its own queue, never others'."""
+
+    __tablename__ = "ssf_streams"
+
+    stream_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    client_id: Mapped[str] = mapped_column(ID, index=True)
+    audience: Mapped[str] = mapped_column(String(2048))
+    delivery_method: Mapped[str] = mapped_column(String(64))
+    endpoint_url: Mapped[str | None] = mapped_column(String(2048))
+    authorization_header: Mapped[str | None] = mapped_column(String(4096))
+    events_requested: Mapped[list[Any]]
+    description: Mapped[str | None] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16))
+    status_reason: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(1024))
+
+
+class SignalDelivery(Base):
+    """One Security Event Token owed to one stream (RFC 8935 push or RFC 8936 poll), written
+    in the transaction that fans an outbox event out, removed from the queue when the
+    receiver acknowledged it (``delivered_at``). ``claims`` is the SET payload; it is signed
+    when sent, with the key current then."""
+
+    __tablename__ = "ssf_deliveries"
+    __table_args__ = (Index(None, "stream_id", "delivered_at", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    stream_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("ssf_streams.stream_id", ondelete="CASCADE")
+    )
+    jti: Mapped[str] = mapped_column(ID, unique=True)
+    event_type: Mapped[str] = mapped_column(String(255))
+    mission_id: Mapped[str | None] = mapped_column(MISSION_ID)
+    claims: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(1024))
