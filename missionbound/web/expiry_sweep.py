@@ -1,5 +1,7 @@
 """The periodic expiry sweep of a serving process (PROFILE.md section 7, "clock").
 
+The same tick forgets spent single-use values whose acceptance window has closed.
+
 Expiry is clock-first everywhere (an expired Mission never permits anything, whatever is
 stored), so the sweep is about the record and its traces: it persists ``expired`` with its
 history row, audit record and outbox event for Missions nobody touched since they lapsed.
@@ -25,6 +27,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from missionbound.mission.lifecycle import LifecyclePolicy
+from missionbound.store import single_use
 from missionbound.store.lifecycle import due_for_expiry, expire_if_due
 from missionbound.store.models import Mission
 from missionbound.store.transactions import Store
@@ -53,6 +56,15 @@ def sweep_once(store: Store, now: datetime, policy: LifecyclePolicy) -> int:
         if len(due) < BATCH:
             return total
         after = due[-1]
+
+
+def purge_once(store: Store, now: datetime) -> int:
+    """Forget single-use values (DPoP proof ``jti``, client assertion ``jti``) past the end
+    of their acceptance window: after it they would be refused as too old anyway, so the
+    table stays as large as one window of traffic instead of growing forever."""
+    require_aware(now, "now")
+    with store.begin() as session:
+        return single_use.purge_expired(session, now)
 
 
 def _due_ids(
@@ -125,9 +137,11 @@ async def sweep_periodically(
     store = Store(engine)
     while True:
         try:
-            moved = await asyncio.to_thread(sweep_once, store, clock(), policy)
+            now = clock()
+            moved = await asyncio.to_thread(sweep_once, store, now, policy)
             if moved:
                 log.info("missions_expired", count=moved)
+            await asyncio.to_thread(purge_once, store, now)
         except Exception as exc:  # the database may be briefly away; try again next tick
             log.warning("expiry_sweep_failed", error=type(exc).__name__, detail=_detail(exc))
         await asyncio.sleep(interval_seconds)

@@ -313,3 +313,19 @@ def test_the_sweep_skips_a_mission_another_writer_holds_instead_of_waiting(
     assert stored_state(store, held.mission_id) is State.ACTIVE  # left for its holder or later
     assert sweep_once(store, now, LifecyclePolicy()) == 1  # released: the next tick takes it
     assert stored_state(store, held.mission_id) is State.EXPIRED
+
+
+def test_the_sweep_forgets_single_use_values_past_their_window(store: Store) -> None:
+    from missionbound.store import single_use
+
+    now = datetime.now(UTC)
+    with store.begin() as session:
+        assert single_use.consume_once(session, "dpop", "spent", now - timedelta(seconds=1))
+        assert single_use.consume_once(session, "dpop", "live", now + timedelta(minutes=5))
+    assert expiry_sweep.purge_once(store, now) == 1
+    with store.read() as session:
+        left = session.scalars(text("SELECT value FROM single_use_ids")).all()
+    assert left == ["live"]
+    # The live value is still single use; the forgotten one is past its window anyway.
+    with store.begin() as session:
+        assert not single_use.consume_once(session, "dpop", "live", now + timedelta(minutes=5))
