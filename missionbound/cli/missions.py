@@ -1,10 +1,13 @@
-"""``missionbound mission``: inspect Missions."""
+"""``missionbound mission``: inspect Missions, and revoke, suspend, resume or complete one
+as the local operator (PROFILE.md section 7; docs/cli.md)."""
 
 from __future__ import annotations
 
+import getpass
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich import box
@@ -25,12 +28,22 @@ from missionbound.cli.common import (
     stdout,
 )
 from missionbound.config import Settings
+from missionbound.issuer.lifecycle import LifecycleActor, change_lifecycle, check_reason
 from missionbound.mission.errors import MissionError
-from missionbound.mission.lifecycle import LifecyclePolicy, State, effective_state
+from missionbound.mission.lifecycle import (
+    LIFECYCLE_OPERATIONS,
+    Event,
+    LifecyclePolicy,
+    Role,
+    State,
+    effective_state,
+)
 from missionbound.mission.record import MissionRecord, check_mission_id, format_instant
-from missionbound.store import Store, missions
+from missionbound.store import MissionNotFound, Store, missions
+from missionbound.store.lifecycle import TransitionResult
 
-mission_app = typer.Typer(help="Inspect Missions.", no_args_is_help=True)
+mission_app = typer.Typer(
+    help="Inspect Missions; revoke, suspend, resume or complete one.", no_args_is_help=True)
 
 
 @mission_app.command("list")
@@ -98,11 +111,7 @@ def mission_show(
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Show one Mission: its record, authority and lifecycle history."""
-    try:
-        check_mission_id(mission_id)
-    except MissionError:
-        fail(f"{mission_id!r} is not a Mission id (msn_ followed by 22 or more characters)",
-             EXIT_USAGE)  # fmt: skip
+    require_mission_id(mission_id)
     settings = settings_from(config_file=config, database_url=database_url)
     engine = open_database(settings)
     try:
@@ -122,6 +131,14 @@ def mission_show(
         typer.echo(json.dumps(mission_json(record, now, policy), indent=2))
         return
     print_mission(record, now, policy)
+
+
+def require_mission_id(mission_id: str) -> None:
+    try:
+        check_mission_id(mission_id)
+    except MissionError:
+        fail(f"{mission_id!r} is not a Mission id (msn_ followed by 22 or more characters)",
+             EXIT_USAGE)  # fmt: skip
 
 
 def lifecycle_policy(settings: Settings) -> LifecyclePolicy:
@@ -198,8 +215,152 @@ def print_mission(record: MissionRecord, now: datetime, policy: LifecyclePolicy)
             str(item.get("version")),
             str(item.get("event")),
             str(item.get("to_state")),
-            escape(str(actor.get("sub") or actor.get("client_id") or actor.get("role") or "-")),
+            escape(actor_label(actor)),
             str(item.get("committed_at")),
             escape(str(item.get("reason") or "")),
         )
     stdout().print(history)
+
+
+def actor_label(actor: dict[str, object]) -> str:
+    """Who acted, as the history table shows it."""
+    for name, prefix in (("user", ""), ("operator", "operator "), ("client_id", ""),
+                         ("sub", ""), ("role", "")):
+        value = actor.get(name)
+        if value:
+            return f"{prefix}{value}"
+    return "-"
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+MissionIdArgument = Annotated[str, typer.Argument(help="The Mission id (msn_...).")]
+ReasonOption = Annotated[
+    str, typer.Option("--reason", help="Why (recorded in the audit log and sent with the "
+                      "event; at most 1024 characters).", show_default=False)]
+ExpectedVersionOption = Annotated[
+    int | None,
+    typer.Option("--expected-version", min=0, show_default=False,
+                 help="Refuse unless the Mission is at this version (optimistic concurrency)."),
+]
+_PAST = {Event.REVOKE: "revoked", Event.SUSPEND: "suspended", Event.RESUME: "resumed",
+         Event.COMPLETE: "completed"}
+
+
+def operator_name() -> str:
+    """The operating-system user running the command: the audit log's actor."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        return "unknown"
+
+
+def change_mission(
+    operation: Event,
+    mission_id: str,
+    reason: str,
+    expected_version: int | None,
+    as_json: bool,
+    config: Path | None,
+    database_url: str | None,
+) -> None:
+    """One lifecycle operation as the local operator (role ``admin``), in one transaction."""
+    require_mission_id(mission_id)
+    if not reason.strip():
+        fail("--reason must say why", EXIT_USAGE)
+    try:
+        checked_reason = check_reason(reason)
+    except MissionError as exc:
+        fail(f"--reason: {exc.description}", EXIT_USAGE)
+    settings = settings_from(config_file=config, database_url=database_url)
+    engine = open_database(settings)
+    actor = LifecycleActor(frozenset({Role.ADMIN}), {"operator": operator_name(), "via": "cli"})
+    try:
+        with Store(engine).begin() as session:
+            result = change_lifecycle(
+                session, mission_id, operation, actor, reason=checked_reason,
+                now=datetime.now(UTC), expected_version=expected_version,
+                policy=lifecycle_policy(settings))
+    except SQLAlchemyError as exc:
+        database_error(settings, exc)
+    except MissionError as exc:
+        refused(exc, mission_id, as_json)
+    finally:
+        engine.dispose()
+    if as_json:
+        typer.echo(json.dumps(change_json(result, operation, actor, checked_reason), indent=2))
+        return
+    print_change(result, operation, actor, checked_reason)
+
+
+def refused(error: MissionError, mission_id: str, as_json: bool) -> NoReturn:
+    """Exit 1 naming the wire code (decision W9: the command ran, the answer is no)."""
+    description = (f"no Mission {mission_id}" if isinstance(error, MissionNotFound)
+                   else error.description)
+    if as_json:
+        typer.echo(json.dumps({"mission_id": mission_id, "error": error.error,
+                               "error_description": description}, indent=2))
+    fail(f"{error.error}: {description}")
+
+
+def change_json(result: TransitionResult, operation: Event, actor: LifecycleActor,
+                reason: str | None) -> dict[str, Any]:
+    decision = result.decision
+    return {
+        "mission_id": result.record.mission_id,
+        "operation": operation.value,
+        "changed": decision.changed,
+        "prior_state": decision.from_state.value,
+        "state": decision.to_state.value,
+        "prior_version": decision.from_version,
+        "version": decision.to_version,
+        "reason": reason,
+        "actor": actor.trace,
+    }
+
+
+def print_change(result: TransitionResult, operation: Event, actor: LifecycleActor,
+                 reason: str | None) -> None:
+    decision = result.decision
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    if decision.changed:
+        title = f"[bold green]{_PAST[operation]}[/]"
+        grid.add_row("state", f"{decision.from_state.value} [bold]->[/] "
+                              f"[bold]{decision.to_state.value}[/]")
+        grid.add_row("version", f"{decision.from_version} -> {decision.to_version}")
+        grid.add_row("reason", escape(str(reason)))
+        grid.add_row("by", escape(f"operator {actor.trace['operator']} (admin, via cli)"))
+    else:
+        title = "[bold]nothing to do[/]"
+        grid.add_row("state", f"already {decision.to_state.value}: {operation.value} is an "
+                              "idempotent repeat, no event")
+        grid.add_row("version", str(decision.to_version))
+    stdout().print(Panel(grid, title=f"{result.record.mission_id}", subtitle=title,
+                         expand=False))
+
+
+def _register(operation: Event) -> None:
+    def command(
+        mission_id: MissionIdArgument,
+        reason: ReasonOption,
+        expected_version: ExpectedVersionOption = None,
+        as_json: JsonOption = False,
+        config: ConfigOption = None,
+        database_url: DatabaseUrlOption = None,
+    ) -> None:
+        change_mission(operation, mission_id, reason, expected_version, as_json, config,
+                       database_url)
+
+    command.__doc__ = {
+        Event.REVOKE: "Revoke a Mission (active or suspended): no token derives from it again.",
+        Event.SUSPEND: "Suspend an active Mission until it is resumed.",
+        Event.RESUME: "Resume a suspended Mission.",
+        Event.COMPLETE: "Close a Mission whose task is done (active or suspended).",
+    }[operation]
+    mission_app.command(operation.value)(command)
+
+
+for _operation in LIFECYCLE_OPERATIONS:
+    _register(_operation)

@@ -1,31 +1,90 @@
 """Changing a Mission's lifecycle on request (PROFILE.md sections 7 and 10, "Lifecycle").
 
-The one service function behind every way a person or a client stops, pauses, resumes or
-closes a Mission: the lifecycle endpoint, the console and the CLI. It checks the operation,
-lets the pure machine decide with the caller's roles (``mission_access``) and applies the
-decision through the store, which writes the history row, the audit record (with the acting
-party and the reason) and the outbox event in the caller's transaction.
+:func:`change_lifecycle` is the one service function behind every way a person or a client
+stops, pauses, resumes or closes a Mission: the lifecycle endpoint, the console and the CLI.
+It checks the operation, lets the pure machine decide with the caller's roles
+(``mission_access``) and applies the decision through the store, which writes the history
+row, the audit record (with the acting party and the reason) and the outbox event in the
+caller's transaction.
+
+:func:`answer_lifecycle_request` is the endpoint ``POST /mission/lifecycle`` around it: who
+is asking (``governance_callers``: ``private_key_jwt``, a DPoP-bound access token for its
+own Mission, or a signed-in person's browser session with its CSRF token; never a client
+secret), the ``nonce`` retry key (``store.lifecycle_requests``), and the signed status of
+the Mission afterwards (``mission_status``). Everything one request writes commits in one
+transaction; a refused request writes nothing but its refusal audit record (and an expiry
+the clock had already made effective, which the store persists after the rollback).
 """
 
 from __future__ import annotations
 
+import re
+import threading
+import weakref
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from missionbound.mission.errors import InvalidRequest
+from missionbound.issuer.governance_callers import (
+    BROWSER_SESSION,
+    DPOP_BOUND_ACCESS_TOKEN,
+    PRIVATE_KEY_JWT,
+    BrowserCredentials,
+    Caller,
+    NotVisible,
+    authenticate,
+    is_valid_nonce,
+    run_governance,
+    single_values,
+)
+from missionbound.issuer.mission_status import (
+    current_state,
+    sign_status,
+    status_claims,
+    status_response,
+)
+from missionbound.mission.canonical import digest_json
+from missionbound.mission.errors import InvalidRequest, InvalidState
 from missionbound.mission.lifecycle import (
     DEFAULT_POLICY,
     LIFECYCLE_OPERATIONS,
     Event,
     LifecyclePolicy,
     Role,
+    allowed_roles,
 )
-from missionbound.store.lifecycle import TransitionResult, transition
+from missionbound.mission.record import MISSION_ID, MissionRecord
+from missionbound.store import lifecycle_requests, missions
+from missionbound.store.lifecycle import (
+    MAX_REASON_LENGTH,
+    TransitionResult,
+    settle_clock,
+    transition,
+)
+from missionbound.store.mission_rows import lock_mission, to_record
+
+if TYPE_CHECKING:
+    from missionbound.issuer.server import MissionIssuer, OAuthRequest, OAuthResponse
+
+log = structlog.get_logger("missionbound.lifecycle")
 
 OPERATION_NAMES = tuple(event.value for event in LIFECYCLE_OPERATIONS)
+MISSION_LIFECYCLE = "mission_lifecycle"
+AUDIT_REFUSED = "lifecycle.refused"
+VIA_ENDPOINT = "lifecycle_endpoint"
+# Issuance digest 8.2/8.3: no client secrets at the lifecycle endpoint.
+LIFECYCLE_METHODS = frozenset({PRIVATE_KEY_JWT, DPOP_BOUND_ACCESS_TOKEN, BROWSER_SESSION})
+# How long a nonce is remembered: at least the signed answer's lifetime (issuance digest
+# 5.4), and never less than the longest a client assertion may live (client_auth.py), so a
+# retransmit whose credentials are still good is still recognised.
+MIN_NONCE_WINDOW = timedelta(minutes=10)
+# Forgotten nonces are purged at most this often per process, after a committed request.
+PURGE_INTERVAL = timedelta(seconds=60)
+_EXPECTED_VERSION = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -74,3 +133,160 @@ def change_lifecycle(
         expected_version=expected_version,
         policy=policy,
     )
+
+
+def check_reason(value: str | None) -> str | None:
+    """The ``reason``: at most 1024 characters, no control characters other than tab and
+    line breaks; absent or empty means none."""
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_REASON_LENGTH:
+        raise InvalidRequest(f"reason must be at most {MAX_REASON_LENGTH} characters")
+    if any((ord(c) < 0x20 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0 for c in value):
+        raise InvalidRequest("reason must not contain control characters")
+    return value
+
+
+# -- the endpoint --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LifecycleAsk:
+    """One lifecycle request's form."""
+
+    mission_id: str
+    operation: Event
+    reason: str | None
+    nonce: str
+    expected_version: int | None
+
+    def digest(self) -> str:
+        """What a retransmit must repeat exactly (the nonce is its key)."""
+        return digest_json({"operation": self.operation.value, "reason": self.reason,
+                            "expected_version": self.expected_version})
+
+
+def parse_lifecycle_form(request: OAuthRequest) -> LifecycleAsk:
+    """``mission``, ``operation``, ``nonce`` (required), ``reason`` and ``expected_version``
+    (optional), each at most once."""
+    form = single_values(request)
+    mission_id = form.get("mission")
+    if not mission_id or not MISSION_ID.fullmatch(mission_id):
+        raise InvalidRequest("mission must be a Mission id (msn_...)")
+    operation = parse_operation(form.get("operation"))
+    nonce = form.get("nonce")
+    if nonce is None or not is_valid_nonce(nonce):
+        raise InvalidRequest("nonce is required: 1 to 255 visible ASCII characters")
+    reason = check_reason(form.get("reason"))
+    sent_version = form.get("expected_version")
+    expected_version = None
+    if sent_version is not None:
+        if not _EXPECTED_VERSION.fullmatch(sent_version):
+            raise InvalidRequest("expected_version must be a non-negative integer")
+        expected_version = int(sent_version)
+    return LifecycleAsk(mission_id, operation, reason, nonce, expected_version)
+
+
+@dataclass(frozen=True)
+class LifecyclePlan:
+    caller: Caller
+    ask: LifecycleAsk
+    record: MissionRecord
+    changed: bool
+
+
+def nonce_window(issuer: MissionIssuer) -> timedelta:
+    return max(timedelta(seconds=issuer.settings.mission_status_lifetime_seconds),
+               MIN_NONCE_WINDOW)
+
+
+def apply_lifecycle_request(
+    issuer: MissionIssuer, session: Session, caller: Caller, ask: LifecycleAsk, now: datetime
+) -> LifecyclePlan:
+    """The request of an authenticated ``caller``, in ``session``'s transaction.
+
+    Order: who may ask (a caller holding no role that may do this operation gets
+    :class:`NotVisible`, exactly like an unknown Mission), then the nonce (a retransmit
+    answers the current state and applies nothing; the nonce of another request is
+    ``invalid_request``), then the machine (idempotent repeat, ``expected_version``,
+    terminal, legality)."""
+    policy = issuer.lifecycle_policy
+    if not caller.may_address(ask.mission_id):
+        raise NotVisible("other_mission")
+    row = lock_mission(session, ask.mission_id)
+    try:
+        record = to_record(row)
+    except InvalidState:
+        # Who holds which role cannot be read from an unreadable record: nobody does.
+        raise NotVisible("unreadable_record") from None
+    roles = caller.roles_on(record)
+    if not roles & allowed_roles(ask.operation, policy):
+        raise NotVisible("operation_not_allowed" if roles else "no_role")
+    seen = lifecycle_requests.remember(
+        session, caller=caller.nonce_key, mission_id=ask.mission_id, nonce=ask.nonce,
+        request_digest=ask.digest(), now=now, expires_at=now + nonce_window(issuer))
+    if seen is lifecycle_requests.Seen.DIFFERENT:
+        raise InvalidRequest("this nonce was already used for a different request: "
+                             "send a new nonce with each request")
+    if seen is lifecycle_requests.Seen.SAME:
+        # A retransmit: its first attempt was applied. Answer what holds now.
+        settle_clock(session, row, now=now, policy=policy)
+        current = missions.get(session, ask.mission_id, with_history=False)
+        assert current is not None
+        return LifecyclePlan(caller, ask, current, changed=False)
+    result = change_lifecycle(
+        session, ask.mission_id, ask.operation,
+        LifecycleActor(roles, caller.trace(VIA_ENDPOINT)),
+        reason=ask.reason, now=now, expected_version=ask.expected_version, policy=policy)
+    return LifecyclePlan(caller, ask, result.record, changed=result.decision.changed)
+
+
+def answer_lifecycle_request(
+    issuer: MissionIssuer, request: OAuthRequest, *, browser: BrowserCredentials | None
+) -> OAuthResponse:
+    """``POST /mission/lifecycle``, end to end: the signed status of the Mission afterwards,
+    addressed to the acting party (``aud`` and ``sub``: its client id or ``user:<name>``)."""
+
+    def handle(request: OAuthRequest) -> LifecyclePlan:
+        session = request.session()
+        caller = authenticate(issuer, request, session, methods=LIFECYCLE_METHODS,
+                              endpoint=MISSION_LIFECYCLE, browser=browser)
+        refusal: dict[str, Any] = {"event": AUDIT_REFUSED, "actor": caller.trace(VIA_ENDPOINT)}
+        request.refusal = refusal
+        ask = parse_lifecycle_form(request)
+        refusal["mission_id"] = ask.mission_id
+        refusal["data"] = {"operation": ask.operation.value}
+        return apply_lifecycle_request(issuer, session, caller, ask, request.now)
+
+    def finish(plan: LifecyclePlan) -> OAuthResponse:
+        purge_now_and_then(issuer, request.now)
+        claims = status_claims(
+            issuer=issuer.issuer, record=plan.record,
+            state=current_state(plan.record, request.now, issuer.lifecycle_policy),
+            audience=plan.caller.label, subject=plan.caller.label, nonce=plan.ask.nonce,
+            now=request.now,
+            lifetime=timedelta(seconds=issuer.settings.mission_status_lifetime_seconds))
+        return status_response(sign_status(request.pinned_signing_key(), claims))
+
+    return run_governance(issuer, request, handle, finish)
+
+
+_LAST_PURGE: weakref.WeakKeyDictionary[Any, datetime] = weakref.WeakKeyDictionary()
+_PURGE_LOCK = threading.Lock()
+
+
+def purge_now_and_then(issuer: MissionIssuer, now: datetime) -> int:
+    """Forget nonces whose window has closed, at most every :data:`PURGE_INTERVAL` per
+    process, in a transaction of its own (best effort: a failure is logged, the next
+    request tries again). Returns how many rows went."""
+    with _PURGE_LOCK:
+        last = _LAST_PURGE.get(issuer)
+        if last is not None and now - last < PURGE_INTERVAL:
+            return 0
+        _LAST_PURGE[issuer] = now
+    try:
+        with issuer.store.begin() as session:
+            return lifecycle_requests.purge_expired(session, now)
+    except SQLAlchemyError as error:
+        log.warning("lifecycle nonce purge failed", error=type(error).__name__)
+        return 0

@@ -1,6 +1,6 @@
 """The periodic expiry sweep of a serving process (PROFILE.md section 7, "clock").
 
-The same tick forgets spent single-use values whose acceptance window has closed.
+The same tick forgets spent single-use values and lifecycle nonces whose window has closed.
 
 Expiry is clock-first everywhere (an expired Mission never permits anything, whatever is
 stored), so the sweep is about the record and its traces: it persists ``expired`` with its
@@ -27,7 +27,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from missionbound.mission.lifecycle import LifecyclePolicy
-from missionbound.store import single_use
+from missionbound.store import lifecycle_requests, single_use
 from missionbound.store.lifecycle import due_for_expiry, expire_if_due
 from missionbound.store.models import Mission
 from missionbound.store.transactions import Store
@@ -59,12 +59,15 @@ def sweep_once(store: Store, now: datetime, policy: LifecyclePolicy) -> int:
 
 
 def purge_once(store: Store, now: datetime) -> int:
-    """Forget single-use values (DPoP proof ``jti``, client assertion ``jti``) past the end
-    of their acceptance window: after it they would be refused as too old anyway, so the
-    table stays as large as one window of traffic instead of growing forever."""
+    """Forget single-use values (DPoP proof ``jti``, client assertion ``jti``) and lifecycle
+    request nonces past the end of their window: after it they would be refused as too old
+    (or treated as new) anyway, so the tables stay as large as one window of traffic
+    instead of growing forever. Returns how many rows went."""
     require_aware(now, "now")
     with store.begin() as session:
-        return single_use.purge_expired(session, now)
+        return single_use.purge_expired(session, now) + lifecycle_requests.purge_expired(
+            session, now, limit=10_000
+        )
 
 
 def _due_ids(

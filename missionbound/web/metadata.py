@@ -11,12 +11,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from missionbound.config import Settings
+from missionbound.issuer.access_tokens import ACCESS_TOKEN_LIFETIME
 from missionbound.issuer.client_auth import (
     ASSERTION_ALGS,
     CLIENT_AUTH_METHODS,
     CONFIDENTIAL_AUTH_METHODS,
 )
 from missionbound.issuer.clients import SUPPORTED_GRANT_TYPES
+from missionbound.issuer.governance_callers import BROWSER_SESSION
+from missionbound.issuer.keys import SigningAlgorithm
+from missionbound.issuer.lifecycle import LIFECYCLE_METHODS, OPERATION_NAMES
+from missionbound.issuer.mission_status import STATUS_METHODS
 from missionbound.protocol.dpop import SUPPORTED_ALGS
 from missionbound.web.deps import get_settings
 
@@ -60,6 +65,25 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         # RFC 9396 section 10: the one authorization details type we understand.
         "authorization_details_types_supported": ["mission_resource_access"],
         "mission_intent_max_size": settings.mission_intent_max_size,
+        # PROFILE.md section 10 (docs/mission-governance.md): the signed Mission Status and
+        # the lifecycle operations, each with the ways a caller may authenticate there
+        # ("dpop_bound_access_token": an access token of this AS for that very Mission,
+        # with its DPoP proof); client secrets never reach the lifecycle endpoint.
+        "mission_status_endpoint": f"{base}/mission/status",
+        "mission_status_endpoint_auth_methods_supported": _ordered(STATUS_METHODS),
+        "mission_status_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
+        "mission_status_signing_alg_values_supported": [alg.value for alg in SigningAlgorithm],
+        "mission_lifecycle_endpoint": f"{base}/mission/lifecycle",
+        "mission_lifecycle_endpoint_auth_methods_supported": _ordered(
+            LIFECYCLE_METHODS - {BROWSER_SESSION}),
+        "mission_lifecycle_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
+        "mission_lifecycle_operations_supported": list(OPERATION_NAMES),
+        # Issuance digest 8.5: the URL of the Shared Signals transmitter configuration.
+        "mission_event_stream_endpoint": f"{base}/.well-known/ssf-configuration",
+        # Issuance digest 8.4: the longest a consumer may act on a state the AS has left.
+        # A consumer that checks nothing but the token relies on it until it expires, so
+        # the bound is the access token lifetime; status and events propagate far faster.
+        "mission_max_stale_seconds": int(ACCESS_TOKEN_LIFETIME.total_seconds()),
         # PROFILE.md section 2: Level 1, Mission-bound issuance at the AS.
         "mission_ladder_levels_supported": [1],
         "mission_bound_authorization_supported": True,
@@ -68,6 +92,11 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         # RFC 7591 (missionbound.issuer.registration): open registration.
         metadata["registration_endpoint"] = f"{base}/register"
     return metadata
+
+
+def _ordered(methods: frozenset[str]) -> list[str]:
+    order = ("client_secret_basic", "private_key_jwt", "dpop_bound_access_token")
+    return [method for method in order if method in methods]
 
 
 @router.get(WELL_KNOWN_PATH, summary="Authorization Server Metadata (RFC 8414)")
