@@ -1,0 +1,740 @@
+"""Delivering Security Event Tokens: the outbox fan-out, RFC 8935 push, RFC 8936 poll, and
+the dispatcher a serving process runs (PROFILE.md section 10, "Signals"; DESIGN.md
+"Scale-out": "SSF push delivery runs from the outbox table, so a crash never loses an event").
+
+**Fan-out** (:meth:`SignalTransmitter.fan_out`). In one transaction: take the fan-out lock
+(one replica at a time, so every stream's queue is in outbox order), claim the due
+``mission.lifecycle`` outbox events (``FOR UPDATE SKIP LOCKED``), and for each event and each
+stream that is enabled or paused, whose client may see the Mission
+(:func:`~missionbound.issuer.mission_access.visible_resources` non-empty) and that asked for the
+event type, queue a SET (a fresh ``jti``; on ``revoked`` also the CAEP ``session-revoked``
+SET); then mark the event delivered. A crash before the commit leaves the event to fan out
+again; after it, the SETs are queued. Disabled streams get nothing.
+
+**Push** (:meth:`SignalTransmitter.push_due`, RFC 8935). Per stream, in queue order. A short
+transaction claims a due stream with a lease (its ``next_attempt_at`` set
+:data:`LEASE_FACTOR` push timeouts ahead): other dispatchers skip it until then. No
+transaction is open during the HTTP call. Each answer is recorded in its own short
+transaction, fenced on the lease: 202 marks the SET delivered; 400 with an RFC 8935 error body
+``{"err", "description"}`` marks it delivered with that error (the receiver refused this SET
+for good; sending it again would be refused again); anything else, or no answer, keeps the
+SET and backs the whole stream off (1 s, doubling, at most ``signals_max_backoff_seconds``)
+so that its later SETs wait behind it. The mark comes after the answer: a crash in between
+sends the SET again (at least once; receivers de-duplicate by ``jti`` and apply by version).
+
+**Poll** (:meth:`SignalTransmitter.poll`, RFC 8936). The stream's client acknowledges
+(``ack``) and rejects (``setErrs``) SETs, and is given up to ``maxEvents`` of the ones still
+owed, oldest first, signed when read. Unacknowledged SETs are given again at the next poll.
+``returnImmediately: false`` (the RFC's default) waits up to :data:`LONG_POLL_SECONDS` for
+a SET (:func:`long_poll`).
+
+**The dispatcher** (:class:`SignalDispatcher`): every ``signals_delivery_seconds``, and
+whenever :meth:`SignalDispatcher.wake` is called, fans out and pushes, in a worker thread; a
+failure is logged (exception type and the driver's first line: no SQL, no claims) and the next
+round tries again. It never takes the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+from sqlalchemy import exists, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from missionbound.issuer.clients import OAuthClient
+from missionbound.issuer.mission_access import visible_resources
+from missionbound.issuer.server import MissionIssuer
+from missionbound.issuer.signals import (
+    EVENTS_SUPPORTED,
+    LIFECYCLE_CHANGE,
+    SESSION_REVOKED,
+    SET_MEDIA_TYPE,
+    StreamNotFound,
+    events_delivered,
+    set_claims,
+    sign_set,
+)
+from missionbound.mission.errors import InvalidRequest, MissionError
+from missionbound.mission.record import MISSION_ID, MissionRecord
+from missionbound.store import missions, outbox
+from missionbound.store import signals as rows
+from missionbound.store.models import OutboxEvent, SignalStream
+from missionbound.store.signals import POLL_METHOD, STATUS_ENABLED, PushClaim
+
+log = structlog.get_logger("missionbound.signals")
+
+FAN_OUT_BATCH = 100  # outbox events per fan-out transaction
+FAN_OUT_ROUNDS = 20  # fan-out transactions per dispatcher round, at most
+PUSH_PARALLEL = 8  # streams pushed at once by one dispatcher
+PUSH_ROUNDS = 4  # claim rounds per dispatcher round
+PUSH_BATCH = 50  # SETs read per stream at a time
+PUSH_PER_CLAIM = 500  # SETs sent per claim before the stream is released (fairness)
+# A claim lasts this many push timeouts: httpx's timeout bounds each phase of the call
+# (connect, write, read), so one call can take up to about three of them.
+LEASE_FACTOR = 4
+MAX_RESPONSE_BODY = 16_384  # octets of a receiver's answer read (an RFC 8935 error is small)
+DELIVERED_RETENTION = timedelta(days=7)  # delivered SETs are forgotten after this
+PURGE_EVERY_SECONDS = 600.0
+
+MAX_POLL_EVENTS = 100  # SETs returned by one poll, at most (and when maxEvents is absent)
+MAX_POLL_ACKS = 1000  # ack and setErrs entries in one poll request
+LONG_POLL_SECONDS = 10.0  # returnImmediately false: wait this long for a SET, at most
+LONG_POLL_STEP_SECONDS = 0.25
+
+
+# -- the SETs of one lifecycle event -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """An outbox ``mission.lifecycle`` payload, checked."""
+
+    mission_id: str
+    origin: str
+    state: str
+    prior_state: str | None
+    version: int
+    committed_at: str | None
+    reason: str | None
+
+    @classmethod
+    def parse(cls, event: OutboxEvent) -> LifecycleEvent | None:
+        payload = event.payload
+        if not isinstance(payload, dict):
+            return None
+        mission = payload.get("mission")
+        if not isinstance(mission, dict):
+            return None
+        mission_id, origin = mission.get("id"), mission.get("origin")
+        version = payload.get("version")
+        fields = (payload.get("prior_state"), payload.get("committed_at"), payload.get("reason"))
+        if (
+            not isinstance(mission_id, str)
+            or not MISSION_ID.fullmatch(mission_id)
+            or mission_id != event.mission_id
+            or not isinstance(origin, str)
+            or not isinstance(payload.get("state"), str)
+            or isinstance(version, bool)
+            or not isinstance(version, int)
+            or not all(value is None or isinstance(value, str) for value in fields)
+        ):
+            return None
+        prior_state, committed_at, reason = fields
+        return cls(
+            mission_id=mission_id,
+            origin=origin,
+            state=payload["state"],
+            prior_state=prior_state,
+            version=version,
+            committed_at=committed_at,
+            reason=reason,
+        )
+
+    def lifecycle_body(self) -> dict[str, Any]:
+        """PROFILE.md section 10: the lifecycle-change event."""
+        return {
+            "mission": {"id": self.mission_id, "origin": self.origin},
+            "state": self.state,
+            "prior_state": self.prior_state,
+            "version": self.version,
+            "committed_at": self.committed_at,
+            "reason": self.reason,
+        }
+
+    def session_revoked_body(self, now: datetime) -> dict[str, Any]:
+        """CAEP 1.0 section 3.1 ``session-revoked``: every token bound to the Mission."""
+        body: dict[str, Any] = {
+            "mission": {"id": self.mission_id, "origin": self.origin},
+            "event_timestamp": _epoch(self.committed_at, now),
+        }
+        if self.reason:
+            body["reason_admin"] = {"en": self.reason}
+        return body
+
+
+def _epoch(instant: str | None, fallback: datetime) -> int:
+    if instant:
+        with contextlib.suppress(ValueError):
+            return int(datetime.fromisoformat(instant).timestamp())
+    return int(fallback.timestamp())
+
+
+# -- outcomes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PushAnswer:
+    """What one RFC 8935 push came to: ``accepted`` (202), ``rejected`` (400 with an
+    RFC 8935 error: recorded, not sent again), or neither (retry with backoff)."""
+
+    accepted: bool
+    rejected: bool
+    detail: str
+
+
+@dataclass
+class RunReport:
+    fanned_out: int = 0  # outbox events fanned out
+    accepted: int = 0  # SETs a receiver took (202)
+    rejected: int = 0  # SETs a receiver refused (RFC 8935 400)
+    failed: int = 0  # push attempts that will be retried
+    purged: int = 0
+
+
+@dataclass(frozen=True)
+class PollRequest:
+    """RFC 8936 section 2.4, checked."""
+
+    max_events: int
+    return_immediately: bool
+    ack: tuple[str, ...] = ()
+    set_errs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PollAnswer:
+    sets: dict[str, str]
+    more_available: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"sets": self.sets, "moreAvailable": self.more_available}
+
+
+def parse_poll_request(body: Any) -> PollRequest:
+    """The poll request body (RFC 8936 section 2.4): every member optional; ``maxEvents``
+    absent means as many as the transmitter gives at once (:data:`MAX_POLL_EVENTS`), larger
+    values are cut to it; ``returnImmediately`` absent means false (the RFC's default)."""
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise InvalidRequest("the poll request must be a JSON object")
+    unknown = sorted(set(body) - {"maxEvents", "returnImmediately", "ack", "setErrs"})
+    if unknown:
+        raise InvalidRequest(f"the poll request has an unknown member {unknown[0][:100]!r}")
+    max_events = body.get("maxEvents", MAX_POLL_EVENTS)
+    if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 0:
+        raise InvalidRequest("maxEvents must be a non-negative integer")
+    immediately = body.get("returnImmediately", False)
+    if not isinstance(immediately, bool):
+        raise InvalidRequest("returnImmediately must be true or false")
+    ack = body.get("ack", [])
+    if (
+        not isinstance(ack, list)
+        or len(ack) > MAX_POLL_ACKS
+        or not all(isinstance(j, str) and 0 < len(j) <= 255 for j in ack)
+    ):
+        raise InvalidRequest(f"ack must be an array of at most {MAX_POLL_ACKS} jti strings")
+    errs = body.get("setErrs", {})
+    if not isinstance(errs, dict) or len(errs) > MAX_POLL_ACKS:
+        raise InvalidRequest("setErrs must be an object of jti -> {err, description}")
+    set_errs: dict[str, str] = {}
+    for jti, error in errs.items():
+        if (
+            not 0 < len(jti) <= 255
+            or not isinstance(error, dict)
+            or set(error) - {"err", "description"}
+            or not isinstance(error.get("err"), str)
+            or not isinstance(error.get("description", ""), str)
+        ):
+            raise InvalidRequest(
+                "each setErrs entry must be {\"err\": <code>, \"description\": <text>}"
+            )
+        set_errs[jti] = _error_text(error["err"], error.get("description"))
+    return PollRequest(min(max_events, MAX_POLL_EVENTS), immediately, tuple(ack), set_errs)
+
+
+def _error_text(err: str, description: str | None) -> str:
+    text = f"{err}: {description}" if description else err
+    return text[: rows.MAX_ERROR_LENGTH]
+
+
+# -- the transmitter -----------------------------------------------------------------------
+
+
+class SignalTransmitter:
+    """Fan-out, push and poll for one serving process. Every replica may run one: the
+    database's locks and the stream leases keep them from doing the same work twice.
+
+    ``issuer`` gives the store, the clients (audiences), the signing key, the issuer URL and
+    the clock (read at every use: tests move it). ``http`` is the client pushes go through
+    (default: a new one, closed by :meth:`close`). ``fan_out_on_poll``: a poll first fans
+    out what waits in the outbox, so poll streams do not wait for the dispatcher's next
+    round (off where delivery is off: ``signals_delivery_seconds`` 0)."""
+
+    def __init__(
+        self,
+        issuer: MissionIssuer,
+        *,
+        push_timeout_seconds: float,
+        max_backoff_seconds: float,
+        http: httpx.Client | None = None,
+        fan_out_on_poll: bool = True,
+    ) -> None:
+        self.issuer = issuer
+        self.fan_out_on_poll = fan_out_on_poll
+        self.push_timeout = push_timeout_seconds
+        self.max_backoff = timedelta(seconds=max_backoff_seconds)
+        self.lease = timedelta(seconds=push_timeout_seconds * LEASE_FACTOR)
+        self._given_http = http
+        self._http: httpx.Client | None = http
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._last_purge = float("-inf")
+        # Set while the server shuts down: rounds stop after the send in flight.
+        self.stopping = threading.Event()
+
+    @property
+    def store(self) -> Any:
+        return self.issuer.store
+
+    def now(self) -> datetime:
+        return self.issuer.clock()
+
+    @property
+    def http(self) -> httpx.Client:
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(timeout=self.push_timeout, follow_redirects=False)
+            return self._http
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=PUSH_PARALLEL, thread_name_prefix="ssf-push"
+                )
+            return self._pool
+
+    def close(self) -> None:
+        """Release the push threads and the HTTP client (made again if used later)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            http = self._http
+            if self._given_http is None:
+                self._http = None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if http is not None and self._given_http is None:
+            http.close()
+
+    # -- one round -------------------------------------------------------------------------
+
+    def run_once(self) -> RunReport:
+        """Fan out everything due, then push what is due; the dispatcher's round."""
+        report = RunReport()
+        for _ in range(FAN_OUT_ROUNDS):
+            count = self.fan_out()
+            report.fanned_out += count
+            if count < FAN_OUT_BATCH or self.stopping.is_set():
+                break
+        self.push_due(report)
+        if time.monotonic() - self._last_purge >= PURGE_EVERY_SECONDS:
+            self._last_purge = time.monotonic()
+            with self.store.begin() as session:
+                report.purged = rows.purge_delivered(
+                    session, before=self.now() - DELIVERED_RETENTION
+                )
+        return report
+
+    # -- fan-out ---------------------------------------------------------------------------
+
+    def fan_out(self) -> int:
+        """One fan-out transaction; returns how many outbox events it handled (0 when none
+        was due, or another replica is fanning out right now)."""
+        clients: dict[str, OAuthClient | None] = {}
+        with self.store.begin() as session:
+            if not rows.lock_fan_out(session):
+                return 0
+            now = self.now()
+            events = outbox.claim_due(
+                session, now=now, limit=FAN_OUT_BATCH, topic=outbox.LIFECYCLE_TOPIC
+            )
+            if not events:
+                return 0
+            streams = rows.streams_receiving(session)
+            for event in events:
+                self._fan_out_event(session, event, streams, clients, now)
+                outbox.mark_delivered(session, event.id, now=now)
+            return len(events)
+
+    def fan_out_if_due(self) -> int:
+        """:meth:`fan_out` when an outbox event waits (a cheap read first): a poll sees
+        what was committed even where no dispatcher runs."""
+        with self.store.read() as session, session.begin():
+            due = session.scalar(
+                select(
+                    exists().where(
+                        OutboxEvent.topic == outbox.LIFECYCLE_TOPIC,
+                        OutboxEvent.delivered_at.is_(None),
+                        OutboxEvent.next_attempt_at <= self.now(),
+                    )
+                )
+            )
+        return self.fan_out() if due else 0
+
+    def _fan_out_event(
+        self,
+        session: Session,
+        event: OutboxEvent,
+        streams: list[SignalStream],
+        clients: dict[str, OAuthClient | None],
+        now: datetime,
+    ) -> None:
+        parsed = LifecycleEvent.parse(event)
+        if parsed is None:
+            # Nothing the AS wrote looks like this; deliver it to nobody (fail closed).
+            log.warning("signal_event_unreadable", outbox_id=event.id)
+            return
+        wanted = [s for s in streams if events_delivered(s.events_requested)]
+        if not wanted:
+            return
+        try:
+            record = missions.get(session, parsed.mission_id, with_history=False)
+        except MissionError:  # an unreadable record: nobody may be told anything about it
+            record = None
+        if record is None:
+            log.warning("signal_event_mission_unreadable", outbox_id=event.id,
+                        mission_id=parsed.mission_id)
+            return
+        for stream in wanted:
+            if not self._may_see(stream.client_id, record, clients):
+                continue
+            delivered = events_delivered(stream.events_requested)
+            sets: list[tuple[str, dict[str, Any]]] = []
+            if LIFECYCLE_CHANGE in delivered:
+                sets.append((LIFECYCLE_CHANGE, parsed.lifecycle_body()))
+            if parsed.state == "revoked" and SESSION_REVOKED in delivered:
+                sets.append((SESSION_REVOKED, parsed.session_revoked_body(now)))
+            for event_type, body in sets:
+                claims = set_claims(
+                    issuer=self.issuer.issuer,
+                    audience=stream.audience,
+                    subject={"format": "opaque", "id": parsed.mission_id},
+                    event_type=event_type,
+                    event=body,
+                    now=now,
+                )
+                rows.add_delivery(
+                    session,
+                    stream_id=stream.stream_id,
+                    jti=claims["jti"],
+                    event_type=event_type,
+                    mission_id=parsed.mission_id,
+                    claims=claims,
+                    now=now,
+                )
+        session.flush()
+
+    def _may_see(
+        self, client_id: str, record: MissionRecord, clients: dict[str, OAuthClient | None]
+    ) -> bool:
+        if client_id not in clients:
+            clients[client_id] = self.issuer.clients.find(client_id)
+        client = clients[client_id]
+        if client is None:  # the client is gone: its stream carries nothing
+            return False
+        return bool(visible_resources(client.client_id, client.audiences, record))
+
+    # -- push ------------------------------------------------------------------------------
+
+    def push_due(self, report: RunReport | None = None) -> RunReport:
+        """Claim due push streams and send their queues, several streams at once."""
+        report = report if report is not None else RunReport()
+        for _ in range(PUSH_ROUNDS):
+            if self.stopping.is_set():
+                break
+            now = self.now()
+            with self.store.begin() as session:
+                claims = rows.claim_push_streams(
+                    session, now=now, lease_until=now + self.lease, limit=PUSH_PARALLEL
+                )
+            if not claims:
+                break
+            results = list(self._executor().map(self._push_stream, claims))
+            for accepted, rejected, failed in results:
+                report.accepted += accepted
+                report.rejected += rejected
+                report.failed += failed
+        return report
+
+    def _push_stream(self, claim: PushClaim) -> tuple[int, int, int]:
+        """Send one claimed stream's queue in order until it is empty, the receiver fails,
+        the claim's share is used up, or the lease is lost. (accepted, rejected, failed)"""
+        accepted = rejected = sent = 0
+        try:
+            while sent < PUSH_PER_CLAIM and not self.stopping.is_set():
+                with self.store.read() as session, session.begin():
+                    batch = rows.owed(session, claim.stream_id, limit=PUSH_BATCH)
+                if not batch:
+                    break
+                for item in batch:
+                    token = sign_set(item.claims, self.issuer.signer())
+                    answer = self.send(claim, token)
+                    sent += 1
+                    now = self.now()
+                    with self.store.begin() as session:
+                        if not (answer.accepted or answer.rejected):
+                            backoff = rows.record_push_failure(
+                                session, claim, item.id, now=now, error=answer.detail,
+                                max_backoff=self.max_backoff,
+                            )
+                            log.info("signal_push_failed", stream_id=claim.stream_id,
+                                     detail=answer.detail,
+                                     retry_in=backoff.total_seconds() if backoff else None)
+                            return accepted, rejected, 1
+                        # The stream row first, then its SET: every writer locks in
+                        # that order (a status change locks the stream, then deletes SETs).
+                        renewed = rows.renew_lease(session, claim, lease_until=now + self.lease)
+                        if answer.rejected and renewed is not None:
+                            rows.record_rejection_on_stream(session, renewed, answer.detail)
+                        rows.mark_sent(session, item.id, now=now,
+                                       error=None if answer.accepted else answer.detail)
+                    if answer.accepted:
+                        accepted += 1
+                    else:
+                        rejected += 1
+                        log.info("signal_push_rejected", stream_id=claim.stream_id,
+                                 jti=item.jti, detail=answer.detail)
+                    if renewed is None:
+                        return accepted, rejected, 0  # lost the lease: someone else has it
+                    claim = renewed
+                    if self.stopping.is_set():
+                        break
+            with self.store.begin() as session:
+                rows.release_push_stream(session, claim)
+        except Exception as exc:
+            # The database, or a bug: the lease lapses and the stream is tried again later.
+            log.warning("signal_push_error", stream_id=claim.stream_id,
+                        error=type(exc).__name__, detail=safe_detail(exc))
+        return accepted, rejected, 0
+
+    def send(self, claim: PushClaim, token: str) -> PushAnswer:
+        """One RFC 8935 push of ``token`` to the stream's endpoint."""
+        headers = {"Content-Type": SET_MEDIA_TYPE, "Accept": "application/json"}
+        if claim.authorization_header:
+            headers["Authorization"] = claim.authorization_header
+        try:
+            with self.http.stream(
+                "POST", claim.endpoint_url, content=token.encode("ascii"), headers=headers,
+                timeout=self.push_timeout,
+            ) as response:
+                status = response.status_code
+                body = b""
+                if status == 400:
+                    for chunk in response.iter_bytes():
+                        body += chunk
+                        if len(body) > MAX_RESPONSE_BODY:
+                            break
+        except httpx.HTTPError as exc:
+            return PushAnswer(False, False, f"no answer: {type(exc).__name__}")
+        if status == 202:
+            return PushAnswer(True, False, "accepted")
+        if status == 400:
+            error = rfc8935_error(body)
+            if error is not None:
+                return PushAnswer(False, True, error)
+            return PushAnswer(False, False, "HTTP 400 without an RFC 8935 error body")
+        return PushAnswer(False, False, f"HTTP {status}")
+
+    # -- poll ------------------------------------------------------------------------------
+
+    def poll(self, *, client_id: str, stream_id: str, request: PollRequest) -> PollAnswer:
+        """RFC 8936 section 2.4: acknowledge, then hand out what the stream still owes."""
+        if not 0 < len(stream_id) <= 255:
+            raise InvalidRequest("the stream_id query parameter is required")
+        now = self.now()
+        if request.ack or request.set_errs:
+            with self.store.begin() as session:
+                # The stream row first (the lock order of every writer, store/signals.py).
+                stream = self._poll_stream(session, client_id, stream_id, for_update=True)
+                rows.acknowledge(session, stream.stream_id, request.ack, now=now,
+                                 errors=request.set_errs)
+        if self.fan_out_on_poll:
+            self.fan_out_if_due()
+        with self.store.read() as session, session.begin():
+            stream = self._poll_stream(session, client_id, stream_id)
+            if stream.status != STATUS_ENABLED or request.max_events == 0:
+                more = stream.status == STATUS_ENABLED and rows.has_owed(session, stream_id)
+                return PollAnswer({}, more)
+            batch = rows.owed(session, stream_id, limit=request.max_events + 1)
+        signer = self.issuer.signer()
+        sets = {item.jti: sign_set(item.claims, signer) for item in batch[: request.max_events]}
+        return PollAnswer(sets, len(batch) > request.max_events)
+
+    @staticmethod
+    def _poll_stream(session: Session, client_id: str, stream_id: str, *,
+                     for_update: bool = False) -> SignalStream:
+        stream = rows.get_stream(session, stream_id, client_id=client_id,
+                                 for_update=for_update)
+        if stream is None:
+            raise StreamNotFound()
+        if stream.delivery_method != POLL_METHOD:
+            raise InvalidRequest("this stream delivers by push (RFC 8935), not by poll")
+        return stream
+
+
+async def long_poll(
+    transmitter: SignalTransmitter,
+    *,
+    client_id: str,
+    stream_id: str,
+    request: PollRequest,
+    run: Callable[..., Any],
+    max_wait: float | None = None,
+) -> PollAnswer:
+    """RFC 8936 section 2.4 ``returnImmediately: false``: if nothing is owed, look again
+    every :data:`LONG_POLL_STEP_SECONDS` for up to ``max_wait`` seconds (without holding a
+    thread or a transaction while waiting). ``run`` runs a blocking call off the event loop
+    (``starlette.concurrency.run_in_threadpool``)."""
+    deadline = time.monotonic() + (LONG_POLL_SECONDS if max_wait is None else max_wait)
+    answer: PollAnswer = await run(
+        transmitter.poll, client_id=client_id, stream_id=stream_id, request=request
+    )
+    again = PollRequest(request.max_events, request.return_immediately)  # acks done once
+    while (
+        not answer.sets
+        and not request.return_immediately
+        and request.max_events > 0
+        and time.monotonic() < deadline
+    ):
+        await asyncio.sleep(LONG_POLL_STEP_SECONDS)
+        answer = await run(transmitter.poll, client_id=client_id, stream_id=stream_id,
+                           request=again)
+    return answer
+
+
+def rfc8935_error(body: bytes) -> str | None:
+    """``"<err>: <description>"`` of an RFC 8935 section 2.3 error body, or None."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("err"), str) or not data["err"]:
+        return None
+    description = data.get("description")
+    return _error_text(data["err"][:100], description if isinstance(description, str) else None)
+
+
+def safe_detail(exc: BaseException) -> str:
+    """The first line of the driver's message (of ``exc`` when no driver raised it), at most
+    300 characters: SQLAlchemy's own text adds the statement and its parameters (SET claims,
+    Mission ids), which do not belong in a log line."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    detail = lines[0].strip() if lines else ""
+    return detail if len(detail) <= 300 else detail[:297] + "..."
+
+
+# -- the dispatcher ------------------------------------------------------------------------
+
+
+class SignalDispatcher:
+    """The background task of a serving process (``app.state.signal_dispatcher``): a round
+    of :meth:`SignalTransmitter.run_once` every ``interval_seconds`` and on :meth:`wake`.
+
+    :meth:`wake` may be called from any thread (the change feed does, when a Mission
+    changes); before :meth:`start` it does nothing."""
+
+    def __init__(self, transmitter: SignalTransmitter, *, interval_seconds: float) -> None:
+        self.transmitter = transmitter
+        self.interval = interval_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._woken: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self.rounds = 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the task on the running event loop (the app's lifespan calls this)."""
+        if self.running:
+            return
+        self.transmitter.stopping.clear()
+        self._loop = asyncio.get_running_loop()
+        self._woken = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="ssf-dispatcher")
+
+    def wake(self) -> None:
+        loop, woken = self._loop, self._woken
+        if loop is None or woken is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(woken.set)
+
+    async def stop(self) -> None:
+        """Cancel the task, let a round in flight finish its current send (bounded), and
+        close the transmitter."""
+        self.transmitter.stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(self._idle.wait, self.transmitter.push_timeout * 3 + 1)
+        self.transmitter.close()
+
+    async def _run(self) -> None:
+        assert self._woken is not None
+        while True:
+            self._woken.clear()
+            try:
+                self._idle.clear()
+                report = await asyncio.to_thread(self._round)
+                if report.fanned_out or report.accepted or report.rejected or report.failed:
+                    log.debug("signals_delivered", fanned_out=report.fanned_out,
+                              accepted=report.accepted, rejected=report.rejected,
+                              failed=report.failed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database may be briefly away: next round
+                log.warning("signal_delivery_failed", error=type(exc).__name__,
+                            detail=safe_detail(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), timeout=self.interval)
+
+    def _round(self) -> RunReport:
+        try:
+            return self.transmitter.run_once()
+        finally:
+            self.rounds += 1
+            self._idle.set()
+
+
+def build_dispatcher(issuer: MissionIssuer) -> SignalDispatcher:
+    """The dispatcher ``create_app`` puts on ``app.state.signal_dispatcher``, per settings."""
+    settings = issuer.settings
+    transmitter = SignalTransmitter(
+        issuer,
+        push_timeout_seconds=settings.signals_push_timeout_seconds,
+        max_backoff_seconds=settings.signals_max_backoff_seconds,
+        fan_out_on_poll=settings.signals_delivery_seconds > 0,
+    )
+    return SignalDispatcher(transmitter, interval_seconds=settings.signals_delivery_seconds)
+
+
+__all__ = [
+    "EVENTS_SUPPORTED",
+    "PollAnswer",
+    "PollRequest",
+    "SignalDispatcher",
+    "SignalTransmitter",
+    "build_dispatcher",
+    "long_poll",
+    "parse_poll_request",
+]
