@@ -182,6 +182,16 @@ def _page(template: str, *, status_code: int = 200, **context: Any) -> HTMLRespo
     return HTMLResponse(html, status_code=status_code, headers=dict(PAGE_HEADERS))
 
 
+def render_page(template: str, *, status_code: int = 200,
+                headers: Mapping[str, str] | None = None, **context: Any) -> HTMLResponse:
+    """Any template of this folder (the console's, under ``console/``) with the pages'
+    environment and hardening headers; ``headers`` add to or replace those."""
+    response = _page(template, status_code=status_code, **context)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
 def render_login(*, hidden: dict[str, str], error: str | None = None, demo: bool = False,
                  status_code: int = 200) -> HTMLResponse:
     """The sign-in form: POST /login with ``username``, ``password`` and ``hidden`` (at least

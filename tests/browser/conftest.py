@@ -18,12 +18,20 @@ tests of this folder, stopped before the rest of the suite runs. ``page``, ``con
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserType, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    BrowserType,
+    Page,
+    Playwright,
+    sync_playwright,
+)
 
 from tests.e2e_support import served
 
@@ -117,3 +125,43 @@ def browser_context_args(
     if base_url:
         args["base_url"] = base_url
     return args
+
+
+# -- screenshots of failing tests ------------------------------------------------------------
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"  # tests/artifacts/, gitignored
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """When a test of this folder fails, save a full-page screenshot of every page its
+    browser contexts hold to tests/artifacts/<test name>-<n>.png, while they are still open
+    (fixture teardown comes after this report)."""
+    report = yield
+    if report.failed and report.when in ("setup", "call"):
+        _screenshot_pages(item)
+    return report
+
+
+def _screenshot_pages(item: pytest.Item) -> None:
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    contexts = []
+    for value in funcargs.values():
+        if isinstance(value, BrowserContext) and value not in contexts:
+            contexts.append(value)
+        elif isinstance(value, Page) and value.context not in contexts:
+            contexts.append(value.context)
+    browser = funcargs.get("browser")
+    if isinstance(browser, Browser):  # contexts made by new_context() as well
+        contexts += [c for c in browser.contexts if c not in contexts]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.name)[:150]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    number = 0
+    for context in contexts:
+        for open_page in context.pages:
+            number += 1
+            try:
+                open_page.screenshot(path=str(ARTIFACTS / f"{name}-{number}.png"),
+                                     full_page=True, timeout=10_000)
+            except Exception as exc:  # a crashed page must not hide the test's own failure
+                item.add_report_section("call", "screenshot", f"page {number}: {exc}")

@@ -1,0 +1,268 @@
+"""What the console shows, in words: state badges, the lifecycle operations a person may
+offer, and a short human description of every audit record on a Mission's timeline.
+
+Pure functions of what the routes (:mod:`missionbound.web.console`) loaded: no database, no
+framework. Every value that comes from a client or a person (goals, reasons, error
+descriptions, actor names) is passed on as text and escaped by the templates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from missionbound.mission.lifecycle import (
+    LIFECYCLE_OPERATIONS,
+    TRANSITIONS,
+    Event,
+    LifecyclePolicy,
+    Role,
+    State,
+    allowed_roles,
+    effective_state,
+)
+from missionbound.mission.record import MissionRecord, format_instant
+
+STATE_WORDS: Mapping[State, str] = {
+    State.PENDING_APPROVAL: "pending approval",
+    State.ACTIVE: "active",
+    State.SUSPENDED: "suspended",
+    State.REVOKED: "revoked",
+    State.COMPLETED: "completed",
+    State.EXPIRED: "expired",
+    State.REJECTED: "rejected",
+}
+
+STATE_MEANING: Mapping[State, str] = {
+    State.PENDING_APPROVAL: "waiting for an approver; nothing may be done under it yet",
+    State.ACTIVE: "the agent may get tokens and act within the granted authority",
+    State.SUSPENDED: "paused: no new tokens, refreshes or permits until it is resumed",
+    State.REVOKED: "ended by a person: nothing more may be done under it",
+    State.COMPLETED: "closed as done: nothing more may be done under it",
+    State.EXPIRED: "past its end: nothing more may be done under it",
+    State.REJECTED: "the approver said no: nothing was ever granted",
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A lifecycle operation as the console offers it."""
+
+    name: str  # the form value: revoke, suspend, resume, complete
+    label: str  # the button
+    done: str  # the past tense, for the message after it
+    effect: str  # what happens, in one sentence
+    final: bool  # cannot be undone
+
+
+OPERATIONS: Mapping[Event, Operation] = {
+    Event.SUSPEND: Operation(
+        "suspend", "Suspend", "suspended",
+        "Pause the Mission: no new tokens, refreshes or permits until an administrator "
+        "resumes it.", final=False),
+    Event.RESUME: Operation(
+        "resume", "Resume", "resumed",
+        "Let the Mission continue: the agent may get tokens and permits again.", final=False),
+    Event.REVOKE: Operation(
+        "revoke", "Revoke", "revoked",
+        "End the Mission for good: every token, refresh and permit of it stops working.",
+        final=True),
+    Event.COMPLETE: Operation(
+        "complete", "Complete", "completed",
+        "Close the Mission as done: nothing more may be done under it.", final=True),
+}
+OPERATION_BY_NAME: Mapping[str, Operation] = {op.name: op for op in OPERATIONS.values()}
+
+
+@dataclass(frozen=True)
+class StateBadge:
+    effective: State
+    stored: State | None  # set only when the clock has overtaken the stored state
+
+    @property
+    def words(self) -> str:
+        return STATE_WORDS[self.effective]
+
+    @property
+    def meaning(self) -> str:
+        return STATE_MEANING[self.effective]
+
+    @property
+    def stored_words(self) -> str | None:
+        return STATE_WORDS[self.stored] if self.stored is not None else None
+
+
+def state_badge(record: MissionRecord, now: datetime, policy: LifecyclePolicy) -> StateBadge:
+    """The effective state (PROFILE.md section 7: clock first), and the stored one when the
+    clock has overtaken it and nothing has persisted that yet."""
+    effective = effective_state(record.state, now=now, mission_expiry=record.mission_expiry,
+                                created_at=record.created_at, policy=policy)
+    return StateBadge(effective, None if effective is record.state else record.state)
+
+
+def offered_operations(roles: frozenset[Role], state: State, policy: LifecyclePolicy
+                       ) -> list[Operation]:
+    """The operations to show as buttons: the person's roles allow them (section 7, "Who")
+    and the Mission's effective state permits them. Offering is a courtesy: the lifecycle
+    service decides again when the form is sent."""
+    return [
+        OPERATIONS[event]
+        for event in LIFECYCLE_OPERATIONS
+        if roles & allowed_roles(event, policy) and (state, event) in TRANSITIONS
+    ]
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    mission_seq: int
+    seq: int
+    at: str  # RFC 3339, for <time datetime>
+    at_text: str  # for people
+    event: str  # the audit event name
+    kind: str  # lifecycle, token, refusal or other (a CSS class and a word)
+    title: str
+    details: list[str]
+    actor: str
+    actor_chain: list[str]
+    reason: str | None
+    data_json: str
+    policy_version: str | None = None
+
+
+_TRANSITION_TITLES: Mapping[str, str] = {
+    "approve": "Approved",
+    "reject": "Rejected",
+    "suspend": "Suspended",
+    "resume": "Resumed",
+    "revoke": "Revoked",
+    "complete": "Completed",
+    "expire": "Expired",
+}
+_REFUSED_THINGS: Mapping[str, str] = {
+    "token": "Token request refused",
+    "par": "Pushed authorization request refused",
+    "introspection": "Introspection refused",
+    "revocation": "Token revocation refused",
+}
+
+
+def instant_text(moment: datetime) -> str:
+    """``2026-11-23 09:00:05 UTC``: sortable, unambiguous, short."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _words(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _state_words(value: Any) -> str:
+    try:
+        return STATE_WORDS[State(value)]
+    except ValueError:
+        return _words(value)
+
+
+def actor_label(actor: Any) -> str:
+    """Who acted, as a person reads it: ``bob via the console (admin)``, ``client
+    demo-agent``, ``the server's clock``."""
+    if not isinstance(actor, Mapping):
+        return "not recorded"
+    if actor.get("role") == Role.CLOCK.value:
+        return "the server's clock"
+    if "user" in actor:
+        label = _words(actor["user"])
+        if actor.get("via"):
+            label += f" via the {_words(actor['via'])}"
+    elif "client_id" in actor:
+        label = f"client {_words(actor['client_id'])}"
+    elif "sub" in actor:
+        label = _words(actor["sub"])
+    else:
+        label = _words(dict(actor))
+    roles = actor.get("roles")
+    if isinstance(roles, list) and roles:
+        label += " (" + ", ".join(_words(role) for role in roles) + ")"
+    elif isinstance(actor.get("role"), str) and "client_id" not in actor:
+        label += f" ({actor['role']})"
+    return label
+
+
+def actor_chain(actor: Any, data: Any) -> list[str]:
+    """The delegation chain behind the actor, outermost first, when the record holds one
+    (RFC 8693 ``act``, nested: each ``act`` acted for the one around it)."""
+    chain: list[str] = []
+    for holder in (actor, data):
+        current = holder.get("act") if isinstance(holder, Mapping) else None
+        depth = 0
+        while isinstance(current, Mapping) and depth < 16:
+            chain.append(actor_label(current))
+            current = current.get("act")
+            depth += 1
+        if chain:
+            break
+    return chain
+
+
+def describe(record: Any) -> TimelineEntry:
+    """One audit record (``missionbound.store.models.AuditRecord``) as a timeline entry."""
+    event: str = record.event
+    data: Mapping[str, Any] = record.data if isinstance(record.data, Mapping) else {}
+    details: list[str] = []
+    reason = data.get("reason") if isinstance(data.get("reason"), str) else None
+    kind = "other"
+    if event == "mission.created":
+        kind, title = "lifecycle", "Mission requested"
+        details.append("waiting for approval")
+    elif event == "mission.transition":
+        kind = "lifecycle"
+        name = _words(data.get("event", ""))
+        title = _TRANSITION_TITLES.get(name, f"Lifecycle event {name}")
+        details.append(f"{_state_words(data.get('prior_state'))} → "
+                       f"{_state_words(data.get('state'))}, version {_words(data.get('version'))}")
+    elif event == "token.issued":
+        kind, title = "token", "Token issued"
+        details.append(f"{_words(data.get('grant_type', 'unknown'))} grant, "
+                       f"derivation {_words(data.get('derivation'))}")
+        audience = data.get("aud")
+        if isinstance(audience, list):
+            details.append("for " + ", ".join(_words(item) for item in audience))
+        elif audience is not None:
+            details.append(f"for {_words(audience)}")
+        if isinstance(data.get("exp"), int):
+            details.append("expires " + instant_text(datetime.fromtimestamp(data["exp"], UTC)))
+        if data.get("cnf_jkt"):
+            details.append("bound to a DPoP key")
+    elif event == "token.revoked":
+        kind, title = "token", "Token revoked"
+    elif event.endswith(".refused"):
+        kind = "refusal"
+        title = _REFUSED_THINGS.get(event.removesuffix(".refused"), f"Refused ({event})")
+        if data.get("error"):
+            details.append(_words(data["error"]))
+        if data.get("error_description"):
+            details.append(_words(data["error_description"]))
+    else:
+        title = event
+    return TimelineEntry(
+        mission_seq=record.mission_seq,
+        seq=record.seq,
+        at=format_instant(record.at),
+        at_text=instant_text(record.at),
+        event=event,
+        kind=kind,
+        title=title,
+        details=details,
+        actor=actor_label(record.actor),
+        actor_chain=actor_chain(record.actor, data),
+        reason=reason,
+        data_json=json.dumps(data, ensure_ascii=False, sort_keys=True, indent=2),
+        policy_version=record.policy_version,
+    )
