@@ -53,7 +53,14 @@ def issuance_suite() -> list[Bench]:
     return issuance_benches()
 
 
-ALL_SUITES = {**SUITES, "issuance": issuance_suite}
+def replica_suite() -> list[Bench]:
+    # PostgreSQL only: cross-replica revocation visibility (docs/scale-out.md).
+    from replica_suites import replica_benches
+
+    return replica_benches()
+
+
+ALL_SUITES = {**SUITES, "issuance": issuance_suite, "replicas": replica_suite}
 
 
 def main() -> int:

@@ -20,7 +20,9 @@ nor expired and its family not revoked) **and** its Mission is effectively ``act
   audience's entries are never disclosed (issuance digest 8.1, "Minimization").
 
 The token lookup (:func:`find_token`) is shared with RFC 7009 revocation, which must
-recognize a genuine token even when it is no longer active.
+recognize a genuine token even when it is no longer active. The Mission's state may come
+from the process's Mission cache (:mod:`missionbound.store.mission_cache`), which is trusted
+only while the change feed vouches for it; the token's own checks always read the database.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from missionbound.mission.errors import InvalidState
 from missionbound.mission.lifecycle import LifecyclePolicy, State, effective_state
 from missionbound.mission.record import MISSION_ID, MissionRecord
 from missionbound.store import keys as key_rows
+from missionbound.store.mission_cache import MissionStateCache
 from missionbound.store.mission_rows import MISSION_RECORD_COLUMNS, to_record
 from missionbound.store.models import IssuedToken, Mission, RefreshToken, RefreshTokenFamily
 
@@ -229,6 +232,28 @@ _ISSUED_TOKEN = select(
     IssuedToken.expires_at,
 ).where(IssuedToken.jti == bindparam("jti"))
 _MISSION = select(*MISSION_RECORD_COLUMNS).where(Mission.mission_id == bindparam("mission_id"))
+_MISSION_VERSION = select(Mission.version).where(Mission.mission_id == bindparam("mission_id"))
+
+
+def read_mission(
+    session: Session, mission_id: str, cache: MissionStateCache | None = None
+) -> MissionRecord | None:
+    """The Mission's record (without history) for introspection, through ``cache`` when
+    given. Raises :class:`InvalidState` for an unreadable row (never cached)."""
+
+    def load() -> MissionRecord | None:
+        row = session.connection().execute(_MISSION, {"mission_id": mission_id}).first()
+        return None if row is None else to_record(row)
+
+    if cache is None:
+        return load()
+
+    def confirm() -> int | None:
+        version = session.connection().execute(
+            _MISSION_VERSION, {"mission_id": mission_id}).scalar()
+        return version if isinstance(version, int) else None
+
+    return cache.get(mission_id, load, confirm)
 
 
 def _find_access_token(
@@ -378,24 +403,25 @@ def introspect(
     issuer: str,
     now: datetime,
     policy: LifecyclePolicy,
+    cache: MissionStateCache | None = None,
 ) -> dict[str, Any]:
-    """The RFC 7662 response for ``value`` as ``caller`` may see it."""
+    """The RFC 7662 response for ``value`` as ``caller`` may see it. The Mission's state
+    comes from ``cache`` when it can vouch for it (store/mission_cache.py), else from the
+    database; the token's own checks (signature, its row, ``revoked_at``) never do."""
     token = find_token(session, value, keys=keys, issuer=issuer, now=now)
     if token is None or not token.live or not may_see(token, caller):
         return dict(INACTIVE)
-    row = (
-        session.connection().execute(_MISSION, {"mission_id": token.mission_id}).first()
-        if MISSION_ID.fullmatch(token.mission_id)
-        else None
-    )
-    if row is None:
+    if not MISSION_ID.fullmatch(token.mission_id):
         return dict(INACTIVE)
     try:
-        mission = to_record(row)
+        mission = read_mission(session, token.mission_id, cache)
     except InvalidState:
         # An unreadable record or unknown state permits nothing (fail closed); it says
         # nothing either, since there is no trustworthy state to report.
         return dict(INACTIVE)
+    if mission is None:
+        return dict(INACTIVE)
+    # Clock first, on a cached record too: past mission_expiry it is expired.
     state = effective_state(
         mission.state,
         now=now,
@@ -448,6 +474,7 @@ class MissionIntrospectionEndpoint(IntrospectionEndpoint):  # type: ignore[misc]
             issuer=server.issuer,
             now=request.now,
             policy=server.lifecycle_policy,
+            cache=server.mission_cache,
         )
         # default_json_headers carries Cache-Control: no-store (RFC 7662 section 2.2
         # responses are specific to one token and one caller).

@@ -32,6 +32,7 @@ from missionbound.issuer.refresh_token import MissionRefreshTokenGrant
 from missionbound.mission.errors import MissionError
 from missionbound.mission.lifecycle import LifecyclePolicy
 from missionbound.store import missions
+from missionbound.store.mission_cache import MissionStateCache
 from missionbound.store.missions import mission_exists
 from missionbound.store.secrets import server_secret
 from missionbound.store.transactions import Store
@@ -165,6 +166,8 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
         self.lifecycle_policy = LifecyclePolicy(
             consent_window=timedelta(seconds=settings.consent_window_seconds)
         )
+        # Introspection's Mission state cache; create_app sets it (store/mission_cache.py).
+        self.mission_cache: MissionStateCache | None = None
         self._signer: tuple[float, SignerKey] | None = None
         self._signer_lock = threading.Lock()
         self._secrets: dict[str, bytes] = {}

@@ -4,7 +4,9 @@ The pure machine (:mod:`missionbound.mission.lifecycle`) decides; this module re
 locks the row, lets the clock speak first, applies the decision with an optimistic version
 check and writes, in the caller's transaction, the three traces every committed transition
 leaves: a ``mission_history`` row, an audit record (section 15) and one outbox event of
-topic ``mission.lifecycle`` (section 10, "Signals"). An idempotent repeat writes nothing.
+topic ``mission.lifecycle`` (section 10, "Signals"), and announces the new version to every
+process serving the database (:mod:`missionbound.store.change_feed`). An idempotent repeat
+writes nothing.
 
 Before writing, the stored record is compared with the ``record_digest`` of the Mission's
 last lifecycle audit record: a record rewritten behind the AS's back is refused
@@ -37,7 +39,7 @@ from missionbound.mission.lifecycle import (
     parse_state,
 )
 from missionbound.mission.record import MissionRecord, check_mission_id, format_instant
-from missionbound.store import outbox
+from missionbound.store import change_feed, outbox
 from missionbound.store.errors import MissionRecordTampered
 from missionbound.store.mission_rows import (
     anchors_of,
@@ -367,6 +369,9 @@ def write_lifecycle_traces(
         },
         now=now,
     )
+    # Every process serving this database learns of the new version when this commits
+    # (PostgreSQL NOTIFY, and in-process after commit): store/change_feed.py.
+    change_feed.announce(session, mission_id, version)
 
 
 def _check_event(event: Event | str) -> Event:

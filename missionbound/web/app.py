@@ -15,11 +15,24 @@ from sqlalchemy import Engine
 
 from missionbound.config import Settings
 from missionbound.issuer.server import MissionIssuer
+from missionbound.issuer.signal_delivery import build_dispatcher
 from missionbound.mission.lifecycle import LifecyclePolicy
+from missionbound.store.change_feed import ChangeFeed
 from missionbound.store.engine import create_engine_for
+from missionbound.store.mission_cache import MissionStateCache
 from missionbound.store.transactions import Store
 from missionbound.tenant import Tenant, load_tenant
-from missionbound.web import approval, health, jwks, metadata, oauth, token_management
+from missionbound.web import (
+    approval,
+    console,
+    governance,
+    health,
+    jwks,
+    metadata,
+    oauth,
+    ssf,
+    token_management,
+)
 from missionbound.web.errors import install_error_handlers
 from missionbound.web.expiry_sweep import sweep_periodically
 from missionbound.web.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
@@ -47,9 +60,16 @@ def create_app(
                 db, interval_seconds=settings.expiry_sweep_seconds,
                 policy=LifecyclePolicy(
                     consent_window=timedelta(seconds=settings.consent_window_seconds))))
+        change_feed = app.state.change_feed
+        change_feed.start()  # PostgreSQL: LISTEN on its own connection (store/change_feed.py)
+        dispatcher = app.state.signal_dispatcher
+        if settings.signals_delivery_seconds > 0:
+            dispatcher.start()  # Shared Signals fan-out and push (issuer/signal_delivery.py)
         try:
             yield
         finally:
+            await dispatcher.stop()
+            await asyncio.to_thread(change_feed.stop)
             if sweeper is not None:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -70,6 +90,14 @@ def create_app(
     app.state.engine = db
     app.state.issuer = MissionIssuer(settings=settings, tenant=tenant, store=Store(db))
     token_management.register_token_management(app.state.issuer)
+    app.state.signal_dispatcher = build_dispatcher(app.state.issuer)
+    # Mission change announcements and the Mission state cache (docs/scale-out.md).
+    app.state.change_feed = ChangeFeed(db)
+    app.state.mission_cache = MissionStateCache(
+        app.state.change_feed, max_age_seconds=settings.mission_cache_max_age_seconds)
+    app.state.issuer.mission_cache = app.state.mission_cache
+    dispatcher = app.state.signal_dispatcher
+    app.state.change_feed.subscribe(lambda _mission, _version: dispatcher.wake())
 
     install_error_handlers(app)
     # add_middleware stacks outward: the request log wraps the body limit, so it sees 413s too.
@@ -81,5 +109,8 @@ def create_app(
     app.include_router(oauth.router)
     app.include_router(token_management.router)
     app.include_router(approval.router)
+    app.include_router(governance.router)
+    app.include_router(console.router)
+    app.include_router(ssf.router)
     mount_static(app)
     return app
