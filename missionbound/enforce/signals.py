@@ -52,6 +52,9 @@ __all__ = [
 log = structlog.get_logger("missionbound.enforce.signals")
 
 ACTIVE = "active"
+# PROFILE.md section 7: nothing leaves these states, so an ended Mission can be remembered
+# by its id alone.
+ENDED_STATES = frozenset({"revoked", "completed", "expired", "rejected"})
 # The last this many jti values taken are remembered to recognise a SET delivered again.
 DEFAULT_REMEMBERED_JTIS = 10_000
 # Verification events kept for inspection (SSF 1.0 section 8.1.4).
@@ -101,10 +104,21 @@ class MissionStateBook:
         self._forgettable: OrderedDict[str, None] = OrderedDict()
         self._kept: OrderedDict[str, None] = OrderedDict()
         self._listeners: list[MissionListener] = []
-        self.forgotten = 0  # Missions dropped because of max_missions
+        # Ended Missions moved out of _states to stay under max_missions: their ids only.
+        # Forgetting them entirely would let a late, older "active" SET revive them.
+        self._ended: set[str] = set()
+        self.forgotten = 0  # Missions dropped or compacted because of max_missions
 
     def get(self, mission_id: str) -> MissionState | None:
+        """The state held for ``mission_id``; None when unknown, or ended and compacted
+        (see ``max_missions``)."""
         return self._states.get(mission_id)
+
+    def has_ended(self, mission_id: str) -> bool:
+        """True when the Mission is known to be in a state nothing leaves (revoked,
+        completed, expired, rejected), held in full or compacted."""
+        state = self._states.get(mission_id)
+        return mission_id in self._ended or (state is not None and state.state in ENDED_STATES)
 
     def is_active(self, mission_id: str) -> bool:
         state = self._states.get(mission_id)
@@ -114,6 +128,8 @@ class MissionStateBook:
         """Record ``state`` when it is newer than what the book holds; False otherwise."""
         _check_state(state)
         with self._lock:
+            if state.mission_id in self._ended:
+                return False  # ended for good: no later SET can change that
             held = self._states.get(state.mission_id)
             if held is not None and held.origin != state.origin:
                 log.warning("mission_origin_mismatch", mission_id=state.mission_id,
@@ -131,7 +147,8 @@ class MissionStateBook:
             order[state.mission_id] = None
             if self.max_missions is not None:
                 while len(self._states) > self.max_missions:
-                    self._forget_one(keep=state.mission_id)
+                    if not self._forget_one(keep=state.mission_id):
+                        break  # only suspended Missions left: keep them, over the bound
             listeners = list(self._listeners)
         for listener in listeners:
             try:
@@ -159,14 +176,27 @@ class MissionStateBook:
     def __len__(self) -> int:
         return len(self._states)
 
-    def _forget_one(self, *, keep: str) -> None:
-        for order in (self._forgettable, self._kept):
-            if order and next(iter(order)) != keep:
-                mission_id, _ = order.popitem(last=False)
+    def _forget_one(self, *, keep: str) -> bool:
+        """Make room for one: forget the least recently changed active or pending Mission
+        (forgotten, it reads as not active, and a late older SET can only bring back a state
+        it already had), else compact the least recently changed ended one to its id. A
+        suspended Mission is never forgotten: a late older "active" SET would revive it.
+        False when nothing may go."""
+        for mission_id in self._forgettable:
+            if mission_id != keep:
+                del self._forgettable[mission_id]
                 del self._states[mission_id]
                 self.forgotten += 1
-                return
-        raise AssertionError("nothing to forget")  # len > max >= 1 leaves another entry
+                return True
+        for mission_id in self._kept:
+            if mission_id != keep and self._states[mission_id].state in ENDED_STATES:
+                del self._kept[mission_id]
+                del self._states[mission_id]
+                self._ended.add(mission_id)
+                self.forgotten += 1
+                return True
+        log.warning("mission_book_over_bound", held=len(self._states), bound=self.max_missions)
+        return False
 
 
 def _check_state(state: MissionState) -> None:

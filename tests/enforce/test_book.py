@@ -125,8 +125,8 @@ def test_a_bounded_book_forgets_active_missions_first() -> None:
     book.apply(state(2, "active", mission_id="m-active-old"))
     book.apply(state(2, "suspended", mission_id="m-suspended"))
     book.apply(state(1, "pending_approval", mission_id="m-pending"))
-    # Forgetting an active Mission cannot fail open: a late older SET brings back at most
-    # pending, active or suspended. A forgotten revoked one could come back active.
+    # Forgetting an active Mission cannot fail open: it reads as not active, and a late
+    # older SET brings back at most a state it already had.
     assert book.get("m-active-old") is None
     assert set(book.snapshot()) == {"m-revoked", "m-suspended", "m-pending"}
     book.apply(state(2, "active", mission_id="m-new"))
@@ -135,17 +135,38 @@ def test_a_bounded_book_forgets_active_missions_first() -> None:
     # Even a recently changed active Mission goes before a stopped one.
     assert set(book.snapshot()) == {"m-revoked", "m-suspended", "m-other"}
     book.apply(state(5, "completed", mission_id="m-last"))
-    # Nothing active is left: the least recently changed goes.
+    # Nothing active is left: the least recently changed ended Mission is compacted.
     assert set(book.snapshot()) == {"m-suspended", "m-other", "m-last"}
+    assert book.has_ended("m-revoked") and not book.is_active("m-revoked")
     assert book.forgotten == 4 and len(book) == 3
+
+
+def test_a_compacted_ended_mission_is_never_revived() -> None:
+    """A redelivered older SET must not bring a revoked Mission back to active after the
+    bound pushed it out of the book."""
+    book = MissionStateBook(max_missions=2)
+    book.apply(state(5, "revoked", mission_id="a"))
+    book.apply(state(1, "revoked", mission_id="b"))
+    book.apply(state(1, "revoked", mission_id="c"))  # "a" is compacted to its id
+    assert book.get("a") is None and book.has_ended("a")
+    assert book.apply(state(2, "active", mission_id="a")) is False
+    assert not book.is_active("a")
+
+
+def test_suspended_missions_are_kept_over_the_bound() -> None:
+    book = MissionStateBook(max_missions=1)
+    book.apply(state(3, "suspended", mission_id="a"))
+    book.apply(state(2, "suspended", mission_id="b"))
+    assert set(book.snapshot()) == {"a", "b"}  # forgetting either could revive it
+    assert book.apply(state(1, "active", mission_id="a")) is False
 
 
 def test_a_mission_that_changes_moves_to_the_back() -> None:
     book = MissionStateBook(max_missions=2)
-    book.apply(state(1, "suspended", mission_id="a"))
-    book.apply(state(1, "suspended", mission_id="b"))
-    book.apply(state(2, "revoked", mission_id="a"))  # a changed last
-    book.apply(state(1, "revoked", mission_id="c"))
+    book.apply(state(1, "pending_approval", mission_id="a"))
+    book.apply(state(1, "pending_approval", mission_id="b"))
+    book.apply(state(2, "active", mission_id="a"))  # a changed last
+    book.apply(state(1, "active", mission_id="c"))
     assert set(book.snapshot()) == {"a", "c"}
 
 
@@ -154,6 +175,7 @@ def test_a_book_of_one_keeps_the_newest() -> None:
     book.apply(state(1, "revoked", mission_id="a"))
     book.apply(state(1, "active", mission_id="b"))
     assert set(book.snapshot()) == {"b"}
+    assert book.has_ended("a")
 
 
 @pytest.mark.parametrize("bad", [
