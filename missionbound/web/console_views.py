@@ -68,7 +68,9 @@ OPERATIONS: Mapping[Event, Operation] = {
         "Let the Mission continue: the agent may get tokens and permits again.", final=False),
     Event.REVOKE: Operation(
         "revoke", "Revoke", "revoked",
-        "End the Mission for good: every token, refresh and permit of it stops working.",
+        "End the Mission for good: no new token, refresh or permit, and introspection "
+        "reports its tokens inactive; access tokens already out run to their expiry "
+        "(minutes) at Resource Servers that do not ask.",
         final=True),
     Event.COMPLETE: Operation(
         "complete", "Complete", "completed",
