@@ -14,7 +14,6 @@ import hmac
 import math
 import threading
 from collections.abc import Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -25,7 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from missionbound.protocol.jwks import JwksUnavailable, KeyRefreshThrottled
+from missionbound.protocol.jwks import HttpClientOwner, JwksUnavailable, KeyRefreshThrottled
 from missionbound.protocol.secevent import (
     INVALID_REQUEST,
     MAX_JTI_LENGTH,
@@ -155,7 +154,7 @@ class PollFailed(Exception):
         self.err = err
 
 
-class SignalPoller:
+class SignalPoller(HttpClientOwner):
     """An RFC 8936 poll client feeding a :class:`SignalReceiver`; one request at a time.
 
     :meth:`poll_once` sends ``{"maxEvents", "returnImmediately": true, "ack", "setErrs"}``,
@@ -186,8 +185,7 @@ class SignalPoller:
         self.receiver = receiver
         self.poll_url = poll_url
         self.auth = auth
-        self._own_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=timeout_seconds)
+        self._hold_client(client, timeout_seconds)
         self._lock = threading.Lock()
         self._acks: list[str] = []
         self._errs: dict[str, dict[str, str]] = {}
@@ -226,21 +224,6 @@ class SignalPoller:
         with self._lock:
             while self._acks or self._errs:
                 self._request(0)
-
-    def close(self) -> None:
-        if self._own_client:
-            self._client.close()
-
-    def __enter__(self) -> SignalPoller:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _request(self, max_events: int) -> dict[str, Any]:
         """POST one poll request carrying (up to the limit) what is pending; forget what it

@@ -54,7 +54,7 @@ from missionbound.mission.errors import (
     wire_text,
 )
 from missionbound.mission.lifecycle import Role
-from missionbound.mission.record import MissionRecord
+from missionbound.mission.record import MISSION_ID, MissionRecord
 from missionbound.protocol.dpop import SUPPORTED_ALGS, DPoPProofError, UseDPoPNonce
 from missionbound.store import missions
 from missionbound.store.errors import MissionNotFound
@@ -335,6 +335,23 @@ def request_nonce(request: OAuthRequest) -> str | None:
 def is_valid_nonce(value: str) -> bool:
     """1-255 visible ASCII characters (%x21-7E)."""
     return 0 < len(value) <= MAX_NONCE_LENGTH and all(0x21 <= ord(c) <= 0x7E for c in value)
+
+
+def mission_parameter(form: Mapping[str, str]) -> str:
+    """The ``mission`` parameter of a governance request (:func:`single_values`): required,
+    a Mission id."""
+    mission_id = form.get("mission")
+    if not mission_id or not MISSION_ID.fullmatch(mission_id):
+        raise InvalidRequest("mission must be a Mission id (msn_...)")
+    return mission_id
+
+
+def nonce_parameter(form: Mapping[str, str]) -> str:
+    """The ``nonce`` parameter of a governance request: required, :func:`is_valid_nonce`."""
+    nonce = form.get("nonce")
+    if nonce is None or not is_valid_nonce(nonce):
+        raise InvalidRequest("nonce is required: 1 to 255 visible ASCII characters")
+    return nonce
 
 
 T = TypeVar("T")

@@ -37,7 +37,8 @@ from missionbound.issuer.governance_callers import (
     Caller,
     NotVisible,
     authenticate,
-    is_valid_nonce,
+    mission_parameter,
+    nonce_parameter,
     run_governance,
     single_values,
 )
@@ -57,7 +58,7 @@ from missionbound.mission.lifecycle import (
     Role,
     allowed_roles,
 )
-from missionbound.mission.record import MISSION_ID, MissionRecord
+from missionbound.mission.record import MissionRecord
 from missionbound.store import lifecycle_requests, missions
 from missionbound.store.lifecycle import (
     MAX_REASON_LENGTH,
@@ -170,13 +171,9 @@ def parse_lifecycle_form(request: OAuthRequest) -> LifecycleAsk:
     """``mission``, ``operation``, ``nonce`` (required), ``reason`` and ``expected_version``
     (optional), each at most once."""
     form = single_values(request)
-    mission_id = form.get("mission")
-    if not mission_id or not MISSION_ID.fullmatch(mission_id):
-        raise InvalidRequest("mission must be a Mission id (msn_...)")
+    mission_id = mission_parameter(form)
     operation = parse_operation(form.get("operation"))
-    nonce = form.get("nonce")
-    if nonce is None or not is_valid_nonce(nonce):
-        raise InvalidRequest("nonce is required: 1 to 255 visible ASCII characters")
+    nonce = nonce_parameter(form)
     reason = check_reason(form.get("reason"))
     sent_version = form.get("expected_version")
     expected_version = None

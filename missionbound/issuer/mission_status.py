@@ -38,7 +38,8 @@ from missionbound.issuer.governance_callers import (
     Caller,
     NotVisible,
     authenticate,
-    is_valid_nonce,
+    mission_parameter,
+    nonce_parameter,
     run_governance,
     single_values,
 )
@@ -47,12 +48,7 @@ from missionbound.issuer.mission_access import project_authority
 from missionbound.issuer.server import OAuthResponse
 from missionbound.mission.errors import InvalidRequest, InvalidState
 from missionbound.mission.lifecycle import LifecyclePolicy, State, effective_state
-from missionbound.mission.record import (
-    MISSION_ID,
-    MissionRecord,
-    Principal,
-    format_instant,
-)
+from missionbound.mission.record import MissionRecord, Principal, format_instant
 from missionbound.store.lifecycle import expire_if_due
 from missionbound.store.mission_rows import MISSION_RECORD_COLUMNS, to_record
 from missionbound.store.models import Mission
@@ -149,13 +145,11 @@ class StatusPlan:
 def parse_status_form(request: OAuthRequest) -> StatusAsk:
     """``mission``, ``audience`` and ``nonce``, all required, each once."""
     form = single_values(request)
-    mission_id, audience, nonce = form.get("mission"), form.get("audience"), form.get("nonce")
-    if not mission_id or not MISSION_ID.fullmatch(mission_id):
-        raise InvalidRequest("mission must be a Mission id (msn_...)")
+    mission_id = mission_parameter(form)
+    audience = form.get("audience")
     if not audience or len(audience) > MAX_AUDIENCE_LENGTH:
         raise InvalidRequest(f"audience is required (at most {MAX_AUDIENCE_LENGTH} characters)")
-    if nonce is None or not is_valid_nonce(nonce):
-        raise InvalidRequest("nonce is required: 1 to 255 visible ASCII characters")
+    nonce = nonce_parameter(form)
     return StatusAsk(mission_id, audience, nonce)
 
 

@@ -1,5 +1,5 @@
-"""Delivering Security Event Tokens: the outbox fan-out, RFC 8935 push, RFC 8936 poll, and
-the dispatcher a serving process runs (PROFILE.md section 10, "Signals"; DESIGN.md
+"""Delivering Security Event Tokens: the outbox fan-out, RFC 8935 push and RFC 8936 poll
+(PROFILE.md section 10, "Signals"; DESIGN.md
 "Scale-out": "SSF push delivery runs from the outbox table, so a crash never loses an event").
 
 **Fan-out** (:meth:`SignalTransmitter.fan_out`). In one transaction: take the fan-out lock
@@ -25,25 +25,22 @@ sends the SET again (at least once; receivers de-duplicate by ``jti`` and apply 
 **Poll** (:meth:`SignalTransmitter.poll`, RFC 8936). The stream's client acknowledges
 (``ack``) and rejects (``setErrs``) SETs, and is given up to ``maxEvents`` of the ones still
 owed, oldest first, signed when read. Unacknowledged SETs are given again at the next poll.
-``returnImmediately: false`` (the RFC's default) waits up to :data:`LONG_POLL_SECONDS` for
-a SET (:func:`long_poll`).
+``returnImmediately: false`` (the RFC's default) waits for a SET
+(:func:`missionbound.issuer.signal_poll.long_poll`).
 
-**The dispatcher** (:class:`SignalDispatcher`): every ``signals_delivery_seconds``, and
-whenever :meth:`SignalDispatcher.wake` is called, fans out and pushes, in a worker thread; a
-failure is logged (exception type and the driver's first line: no SQL, no claims) and the next
-round tries again. It never takes the server down.
+The dispatcher that runs fan-out and push in a serving process is
+:mod:`missionbound.issuer.signal_dispatcher`; the poll request and long poll are
+:mod:`missionbound.issuer.signal_poll`; the SETs themselves,
+:mod:`missionbound.issuer.security_events`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -55,19 +52,17 @@ from sqlalchemy.orm import Session
 
 from missionbound.issuer.clients import OAuthClient
 from missionbound.issuer.mission_access import visible_resources
-from missionbound.issuer.server import MissionIssuer
-from missionbound.issuer.signals import (
-    EVENTS_SUPPORTED,
-    LIFECYCLE_CHANGE,
-    SESSION_REVOKED,
+from missionbound.issuer.security_events import (
     SET_MEDIA_TYPE,
-    StreamNotFound,
-    events_delivered,
-    set_claims,
+    LifecycleEvent,
+    queue_set,
     sign_set,
 )
+from missionbound.issuer.server import MissionIssuer
+from missionbound.issuer.signal_poll import PollAnswer, PollRequest, set_error_text
+from missionbound.issuer.signals import StreamNotFound, events_delivered
 from missionbound.mission.errors import InvalidRequest, MissionError
-from missionbound.mission.record import MISSION_ID, MissionRecord
+from missionbound.mission.record import MissionRecord
 from missionbound.store import missions, outbox
 from missionbound.store import signals as rows
 from missionbound.store.models import OutboxEvent, SignalStream
@@ -88,87 +83,6 @@ MAX_RESPONSE_BODY = 16_384  # octets of a receiver's answer read (an RFC 8935 er
 DELIVERED_RETENTION = timedelta(days=7)  # delivered SETs are forgotten after this
 PURGE_EVERY_SECONDS = 600.0
 
-MAX_POLL_EVENTS = 100  # SETs returned by one poll, at most (and when maxEvents is absent)
-MAX_POLL_ACKS = 1000  # ack and setErrs entries in one poll request
-LONG_POLL_SECONDS = 10.0  # returnImmediately false: wait this long for a SET, at most
-LONG_POLL_STEP_SECONDS = 0.25
-
-
-# -- the SETs of one lifecycle event -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LifecycleEvent:
-    """An outbox ``mission.lifecycle`` payload, checked."""
-
-    mission_id: str
-    origin: str
-    state: str
-    prior_state: str | None
-    version: int
-    committed_at: str | None
-    reason: str | None
-
-    @classmethod
-    def parse(cls, event: OutboxEvent) -> LifecycleEvent | None:
-        payload = event.payload
-        if not isinstance(payload, dict):
-            return None
-        mission = payload.get("mission")
-        if not isinstance(mission, dict):
-            return None
-        mission_id, origin = mission.get("id"), mission.get("origin")
-        version = payload.get("version")
-        fields = (payload.get("prior_state"), payload.get("committed_at"), payload.get("reason"))
-        if (
-            not isinstance(mission_id, str)
-            or not MISSION_ID.fullmatch(mission_id)
-            or mission_id != event.mission_id
-            or not isinstance(origin, str)
-            or not isinstance(payload.get("state"), str)
-            or isinstance(version, bool)
-            or not isinstance(version, int)
-            or not all(value is None or isinstance(value, str) for value in fields)
-        ):
-            return None
-        prior_state, committed_at, reason = fields
-        return cls(
-            mission_id=mission_id,
-            origin=origin,
-            state=payload["state"],
-            prior_state=prior_state,
-            version=version,
-            committed_at=committed_at,
-            reason=reason,
-        )
-
-    def lifecycle_body(self) -> dict[str, Any]:
-        """PROFILE.md section 10: the lifecycle-change event."""
-        return {
-            "mission": {"id": self.mission_id, "origin": self.origin},
-            "state": self.state,
-            "prior_state": self.prior_state,
-            "version": self.version,
-            "committed_at": self.committed_at,
-            "reason": self.reason,
-        }
-
-    def session_revoked_body(self, now: datetime) -> dict[str, Any]:
-        """CAEP 1.0 section 3.1 ``session-revoked``: every token bound to the Mission."""
-        body: dict[str, Any] = {
-            "mission": {"id": self.mission_id, "origin": self.origin},
-            "event_timestamp": _epoch(self.committed_at, now),
-        }
-        if self.reason:
-            body["reason_admin"] = {"en": self.reason}
-        return body
-
-
-def _epoch(instant: str | None, fallback: datetime) -> int:
-    if instant:
-        with contextlib.suppress(ValueError):
-            return int(datetime.fromisoformat(instant).timestamp())
-    return int(fallback.timestamp())
 
 
 # -- outcomes ------------------------------------------------------------------------------
@@ -191,73 +105,6 @@ class RunReport:
     rejected: int = 0  # SETs a receiver refused (RFC 8935 400)
     failed: int = 0  # push attempts that will be retried
     purged: int = 0
-
-
-@dataclass(frozen=True)
-class PollRequest:
-    """RFC 8936 section 2.4, checked."""
-
-    max_events: int
-    return_immediately: bool
-    ack: tuple[str, ...] = ()
-    set_errs: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PollAnswer:
-    sets: dict[str, str]
-    more_available: bool
-
-    def as_json(self) -> dict[str, Any]:
-        return {"sets": self.sets, "moreAvailable": self.more_available}
-
-
-def parse_poll_request(body: Any) -> PollRequest:
-    """The poll request body (RFC 8936 section 2.4): every member optional; ``maxEvents``
-    absent means as many as the transmitter gives at once (:data:`MAX_POLL_EVENTS`), larger
-    values are cut to it; ``returnImmediately`` absent means false (the RFC's default)."""
-    if body is None:
-        body = {}
-    if not isinstance(body, dict):
-        raise InvalidRequest("the poll request must be a JSON object")
-    unknown = sorted(set(body) - {"maxEvents", "returnImmediately", "ack", "setErrs"})
-    if unknown:
-        raise InvalidRequest(f"the poll request has an unknown member {unknown[0][:100]!r}")
-    max_events = body.get("maxEvents", MAX_POLL_EVENTS)
-    if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 0:
-        raise InvalidRequest("maxEvents must be a non-negative integer")
-    immediately = body.get("returnImmediately", False)
-    if not isinstance(immediately, bool):
-        raise InvalidRequest("returnImmediately must be true or false")
-    ack = body.get("ack", [])
-    if (
-        not isinstance(ack, list)
-        or len(ack) > MAX_POLL_ACKS
-        or not all(isinstance(j, str) and 0 < len(j) <= 255 for j in ack)
-    ):
-        raise InvalidRequest(f"ack must be an array of at most {MAX_POLL_ACKS} jti strings")
-    errs = body.get("setErrs", {})
-    if not isinstance(errs, dict) or len(errs) > MAX_POLL_ACKS:
-        raise InvalidRequest("setErrs must be an object of jti -> {err, description}")
-    set_errs: dict[str, str] = {}
-    for jti, error in errs.items():
-        if (
-            not 0 < len(jti) <= 255
-            or not isinstance(error, dict)
-            or set(error) - {"err", "description"}
-            or not isinstance(error.get("err"), str)
-            or not isinstance(error.get("description", ""), str)
-        ):
-            raise InvalidRequest(
-                "each setErrs entry must be {\"err\": <code>, \"description\": <text>}"
-            )
-        set_errs[jti] = _error_text(error["err"], error.get("description"))
-    return PollRequest(min(max_events, MAX_POLL_EVENTS), immediately, tuple(ack), set_errs)
-
-
-def _error_text(err: str, description: str | None) -> str:
-    text = f"{err}: {description}" if description else err
-    return text[: rows.MAX_ERROR_LENGTH]
 
 
 # -- the transmitter -----------------------------------------------------------------------
@@ -412,27 +259,15 @@ class SignalTransmitter:
             if not self._may_see(stream.client_id, record, clients):
                 continue
             delivered = events_delivered(stream.events_requested)
-            sets: list[tuple[str, dict[str, Any]]] = []
-            if LIFECYCLE_CHANGE in delivered:
-                sets.append((LIFECYCLE_CHANGE, parsed.lifecycle_body()))
-            if parsed.state == "revoked" and SESSION_REVOKED in delivered:
-                sets.append((SESSION_REVOKED, parsed.session_revoked_body(now)))
-            for event_type, body in sets:
-                claims = set_claims(
+            for event_type, body in parsed.sets_for(delivered, now):
+                queue_set(
+                    session,
+                    stream,
                     issuer=self.issuer.issuer,
-                    audience=stream.audience,
                     subject={"format": "opaque", "id": parsed.mission_id},
                     event_type=event_type,
                     event=body,
-                    now=now,
-                )
-                rows.add_delivery(
-                    session,
-                    stream_id=stream.stream_id,
-                    jti=claims["jti"],
-                    event_type=event_type,
                     mission_id=parsed.mission_id,
-                    claims=claims,
                     now=now,
                 )
         session.flush()
@@ -585,36 +420,6 @@ class SignalTransmitter:
         return stream
 
 
-async def long_poll(
-    transmitter: SignalTransmitter,
-    *,
-    client_id: str,
-    stream_id: str,
-    request: PollRequest,
-    run: Callable[..., Any],
-    max_wait: float | None = None,
-) -> PollAnswer:
-    """RFC 8936 section 2.4 ``returnImmediately: false``: if nothing is owed, look again
-    every :data:`LONG_POLL_STEP_SECONDS` for up to ``max_wait`` seconds (without holding a
-    thread or a transaction while waiting). ``run`` runs a blocking call off the event loop
-    (``starlette.concurrency.run_in_threadpool``)."""
-    deadline = time.monotonic() + (LONG_POLL_SECONDS if max_wait is None else max_wait)
-    answer: PollAnswer = await run(
-        transmitter.poll, client_id=client_id, stream_id=stream_id, request=request
-    )
-    again = PollRequest(request.max_events, request.return_immediately)  # acks done once
-    while (
-        not answer.sets
-        and not request.return_immediately
-        and request.max_events > 0
-        and time.monotonic() < deadline
-    ):
-        await asyncio.sleep(LONG_POLL_STEP_SECONDS)
-        answer = await run(transmitter.poll, client_id=client_id, stream_id=stream_id,
-                           request=again)
-    return answer
-
-
 def rfc8935_error(body: bytes) -> str | None:
     """``"<err>: <description>"`` of an RFC 8935 section 2.3 error body, or None."""
     try:
@@ -624,7 +429,7 @@ def rfc8935_error(body: bytes) -> str | None:
     if not isinstance(data, dict) or not isinstance(data.get("err"), str) or not data["err"]:
         return None
     description = data.get("description")
-    return _error_text(data["err"][:100], description if isinstance(description, str) else None)
+    return set_error_text(data["err"][:100], description if isinstance(description, str) else None)
 
 
 def safe_detail(exc: BaseException) -> str:
@@ -637,104 +442,10 @@ def safe_detail(exc: BaseException) -> str:
     return detail if len(detail) <= 300 else detail[:297] + "..."
 
 
-# -- the dispatcher ------------------------------------------------------------------------
-
-
-class SignalDispatcher:
-    """The background task of a serving process (``app.state.signal_dispatcher``): a round
-    of :meth:`SignalTransmitter.run_once` every ``interval_seconds`` and on :meth:`wake`.
-
-    :meth:`wake` may be called from any thread (the change feed does, when a Mission
-    changes); before :meth:`start` it does nothing."""
-
-    def __init__(self, transmitter: SignalTransmitter, *, interval_seconds: float) -> None:
-        self.transmitter = transmitter
-        self.interval = interval_seconds
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._woken: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._idle = threading.Event()
-        self._idle.set()
-        self.rounds = 0
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    def start(self) -> None:
-        """Start the task on the running event loop (the app's lifespan calls this)."""
-        if self.running:
-            return
-        self.transmitter.stopping.clear()
-        self._loop = asyncio.get_running_loop()
-        self._woken = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="ssf-dispatcher")
-
-    def wake(self) -> None:
-        loop, woken = self._loop, self._woken
-        if loop is None or woken is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(woken.set)
-
-    async def stop(self) -> None:
-        """Cancel the task, let a round in flight finish its current send (bounded), and
-        close the transmitter."""
-        self.transmitter.stopping.set()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await asyncio.to_thread(self._idle.wait, self.transmitter.push_timeout * 3 + 1)
-        self.transmitter.close()
-
-    async def _run(self) -> None:
-        assert self._woken is not None
-        while True:
-            self._woken.clear()
-            try:
-                self._idle.clear()
-                report = await asyncio.to_thread(self._round)
-                if report.fanned_out or report.accepted or report.rejected or report.failed:
-                    log.debug("signals_delivered", fanned_out=report.fanned_out,
-                              accepted=report.accepted, rejected=report.rejected,
-                              failed=report.failed)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database may be briefly away: next round
-                log.warning("signal_delivery_failed", error=type(exc).__name__,
-                            detail=safe_detail(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), timeout=self.interval)
-
-    def _round(self) -> RunReport:
-        try:
-            return self.transmitter.run_once()
-        finally:
-            self.rounds += 1
-            self._idle.set()
-
-
-def build_dispatcher(issuer: MissionIssuer) -> SignalDispatcher:
-    """The dispatcher ``create_app`` puts on ``app.state.signal_dispatcher``, per settings."""
-    settings = issuer.settings
-    transmitter = SignalTransmitter(
-        issuer,
-        push_timeout_seconds=settings.signals_push_timeout_seconds,
-        max_backoff_seconds=settings.signals_max_backoff_seconds,
-        fan_out_on_poll=settings.signals_delivery_seconds > 0,
-    )
-    return SignalDispatcher(transmitter, interval_seconds=settings.signals_delivery_seconds)
-
-
 __all__ = [
-    "EVENTS_SUPPORTED",
-    "PollAnswer",
-    "PollRequest",
-    "SignalDispatcher",
+    "PushAnswer",
+    "RunReport",
     "SignalTransmitter",
-    "build_dispatcher",
-    "long_poll",
-    "parse_poll_request",
+    "rfc8935_error",
+    "safe_detail",
 ]

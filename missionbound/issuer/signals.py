@@ -18,8 +18,8 @@ Missions that client may see (:func:`missionbound.issuer.mission_access.visible_
 
 Input is validated strictly: unknown members, wrong types, unsupported delivery methods or
 event types, and transmitter-supplied members that contradict the transmitter are a 400
-``invalid_request`` that changes nothing. The SET vocabulary (event types, claims, signing)
-lives here too, shared with :mod:`missionbound.issuer.signal_delivery`.
+``invalid_request`` that changes nothing. The SETs themselves (event types, claims,
+signing) are :mod:`missionbound.issuer.security_events`.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ from urllib.parse import quote, urlsplit
 
 from authlib.oauth2.rfc6749 import OAuth2Error
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
-from joserfc import jwt
 from sqlalchemy.orm import Session
 
 from missionbound.issuer.clients import OAuthClient
-from missionbound.issuer.keys import SignerKey
+from missionbound.issuer.security_events import EVENTS_SUPPORTED, VERIFICATION, queue_set
 from missionbound.issuer.server import MissionIssuer, OAuthRequest
 from missionbound.mission.errors import InvalidRequest, MissionError
 from missionbound.store import signals as rows
@@ -52,18 +51,6 @@ CONFIGURATION_PATH = "/ssf/streams"
 STATUS_PATH = "/ssf/status"
 VERIFICATION_PATH = "/ssf/verify"
 POLL_PATH = "/ssf/poll"
-
-# PROFILE.md section 10: one event per committed lifecycle transition.
-LIFECYCLE_CHANGE = "https://schemas.missionbound.dev/secevent/mission/lifecycle-change"
-# CAEP 1.0 section 3.1, sent besides the lifecycle change when a Mission is revoked: every
-# token bound to it is dead.
-SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
-# SSF 1.0 section 8.1.4.1; sent on request to one stream whatever it asked for.
-VERIFICATION = "https://schemas.openid.net/secevent/ssf/event-type/verification"
-EVENTS_SUPPORTED = (LIFECYCLE_CHANGE, SESSION_REVOKED)
-
-SET_TYPE = "secevent+jwt"  # RFC 8417 section 2.3
-SET_MEDIA_TYPE = "application/secevent+jwt"  # RFC 8935 section 2
 
 # Decisions (docs/signals.md): at most this many streams per client; at most one
 # verification request per stream in this many seconds (SSF min_verification_interval,
@@ -360,25 +347,18 @@ def request_verification(
     interval = timedelta(seconds=MIN_VERIFICATION_INTERVAL_SECONDS)
     if last is not None and now - last < interval:
         raise VerificationTooSoon(max(1, int((last + interval - now).total_seconds() + 0.999)))
-    claims = set_claims(
+    jti = queue_set(
+        session,
+        stream,
         issuer=issuer,
-        audience=stream.audience,
         subject={"format": "opaque", "id": stream.stream_id},
         event_type=VERIFICATION,
         event={"state": state} if state is not None else {},
-        now=now,
-    )
-    rows.add_delivery(
-        session,
-        stream_id=stream.stream_id,
-        jti=claims["jti"],
-        event_type=VERIFICATION,
         mission_id=None,
-        claims=claims,
         now=now,
     )
     session.flush()
-    return str(claims["jti"])
+    return jti
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -594,37 +574,3 @@ def _status_of(stream: SignalStream) -> dict[str, Any]:
         status["reason"] = stream.status_reason
     return status
 
-
-# -- Security Event Tokens -----------------------------------------------------------------
-
-
-def new_jti() -> str:
-    return secrets.token_urlsafe(18)
-
-
-def set_claims(
-    *,
-    issuer: str,
-    audience: str,
-    subject: dict[str, Any],
-    event_type: str,
-    event: dict[str, Any],
-    now: datetime,
-) -> dict[str, Any]:
-    """RFC 8417 section 2.2 claims with the SSF 1.0 section 4.1 ``sub_id``: one event per
-    SET, one audience per SET."""
-    return {
-        "iss": issuer,
-        "aud": audience,
-        "iat": int(now.timestamp()),
-        "jti": new_jti(),
-        "sub_id": subject,
-        "events": {event_type: event},
-    }
-
-
-def sign_set(claims: dict[str, Any], signer: SignerKey) -> str:
-    """The SET as a compact JWS: ``{"alg", "typ": "secevent+jwt", "kid"}`` (RFC 8417
-    section 2.3), signed with the AS's current key, verifiable with its ``jwks_uri``."""
-    header = signer.protected_header(typ=SET_TYPE)
-    return str(jwt.encode(header, claims, signer.key, registry=signer.registry))

@@ -17,7 +17,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import math
 import re
 import string
@@ -34,6 +33,7 @@ from joserfc.jwk import JWKRegistry, Key
 from joserfc.jws import JWSRegistry
 
 from missionbound.mission.errors import MissionError
+from missionbound.protocol.jose_segments import b64url_decode, json_object_segment
 
 # RFC 9449 section 4.2: the explicit type that keeps any other JWT from passing as a proof
 # (section 11.5).
@@ -293,8 +293,8 @@ def _decode(proof: str) -> tuple[dict[str, Any], dict[str, Any]]:
         )
     header_segment, payload_segment, _ = proof.split(".")
     return (
-        _json_object(header_segment, "DPoP proof header"),
-        _json_object(payload_segment, "DPoP proof claims"),
+        json_object_segment(header_segment, "DPoP proof header", DPoPProofError),
+        json_object_segment(payload_segment, "DPoP proof claims", DPoPProofError),
     )
 
 
@@ -444,51 +444,11 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _b64url_decode(segment: str) -> bytes:
-    # The caller matched [A-Za-z0-9_-]+; only the padding is missing (RFC 7515 section 2).
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
 def _b64url_int_bits(value: str) -> int:
     try:
-        return int.from_bytes(_b64url_decode(value), "big").bit_length()
+        return int.from_bytes(b64url_decode(value), "big").bit_length()
     except (binascii.Error, ValueError):
         return 0
-
-
-class _DuplicateMember(ValueError):
-    pass
-
-
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json keeps the last of duplicate members silently; a proof with two "htu" could then
-    # mean one thing here and another to a different parser. RFC 7515 section 5.2 allows
-    # refusing such a JWS outright, which we do.
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise _DuplicateMember(name)
-        out[name] = value
-    return out
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json_object(segment: str, what: str) -> dict[str, Any]:
-    try:
-        text = _b64url_decode(segment).decode("utf-8")
-        value = json.loads(
-            text, object_pairs_hook=_object_without_duplicates, parse_constant=_refuse_constant
-        )
-    except _DuplicateMember as exc:
-        raise DPoPProofError(f"{what} has the member {str(exc)!r} twice") from exc
-    except (binascii.Error, ValueError, RecursionError) as exc:
-        raise DPoPProofError(f"{what} is not base64url-encoded JSON") from exc
-    if not isinstance(value, dict):
-        raise DPoPProofError(f"{what} must be a JSON object")
-    return value
 
 
 def _normalize_percent_encoding(path: str) -> str:

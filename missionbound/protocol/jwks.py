@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 from urllib.parse import urlsplit
 
 import httpx
@@ -209,7 +209,35 @@ class _Snapshot:
     fetched_at: float  # clock() when the fetch that produced it started
 
 
-class JwksCache:
+class HttpClientOwner:
+    """Mixin for a fetcher holding an HTTP client (this cache; the RFC 8936 poller of
+    :mod:`missionbound.enforce.signal_delivery`): the one its caller gave, which the caller
+    closes, or one of its own, which :meth:`close` (or leaving its ``with`` block) closes."""
+
+    _client: httpx.Client
+    _own_client: bool
+
+    def _hold_client(self, client: httpx.Client | None, timeout_seconds: float) -> None:
+        self._own_client = client is None
+        self._client = client if client is not None else httpx.Client(timeout=timeout_seconds)
+
+    def close(self) -> None:
+        if self._own_client:
+            self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class JwksCache(HttpClientOwner):
     """A :class:`KeySource` that fetches ``jwks_uri`` with httpx and caches it; thread-safe.
 
     - The first use fetches. A copy older than ``max_age_seconds`` is fetched again on the
@@ -256,8 +284,7 @@ class JwksCache:
         self.stale_if_error_seconds = stale_if_error_seconds
         self.max_bytes = max_bytes
         self._clock = clock
-        self._own_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=timeout_seconds)
+        self._hold_client(client, timeout_seconds)
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None  # replaced whole, so read without the lock
         self._attempted_at: float | None = None
@@ -303,21 +330,6 @@ class JwksCache:
         """``clock()`` when the cached copy's fetch started; None before the first."""
         snapshot = self._snapshot
         return None if snapshot is None else snapshot.fetched_at
-
-    def close(self) -> None:
-        if self._own_client:
-            self._client.close()
-
-    def __enter__(self) -> JwksCache:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- internals -----------------------------------------------------------------------
 

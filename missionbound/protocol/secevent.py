@@ -30,9 +30,6 @@ transmitter to try again later rather than reject the SET for good.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
 import re
 from datetime import UTC, datetime
@@ -45,6 +42,7 @@ from joserfc.jwk import Key
 from joserfc.jws import JWSRegistry
 
 from missionbound.mission.errors import MissionError, wire_text
+from missionbound.protocol.jose_segments import json_object_segment
 from missionbound.protocol.jwks import KeyNotFound, KeySource
 
 SET_TYPE = "secevent+jwt"  # RFC 8417 section 2.3
@@ -210,8 +208,8 @@ def _decode(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         )
     header_segment, payload_segment, _ = token.split(".")
     return (
-        _json_object(header_segment, "the SET header"),
-        _json_object(payload_segment, "the SET claims"),
+        json_object_segment(header_segment, "the SET header", _reject, max_name_length=100),
+        json_object_segment(payload_segment, "the SET claims", _reject, max_name_length=100),
     )
 
 
@@ -339,41 +337,3 @@ def _check_events(claims: dict[str, Any]) -> None:
         if not isinstance(body, dict):
             raise _reject(f"the event {event_type[:200]!r} of the SET is not a JSON object")
 
-
-# -- encoding helpers ------------------------------------------------------------------
-
-
-class _DuplicateMember(ValueError):
-    pass
-
-
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two "iss" or two "events" could mean one thing here and another to a different
-    # parser; RFC 7515 section 5.2 allows refusing such a JWS outright, which we do.
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise _DuplicateMember(name)
-        out[name] = value
-    return out
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json_object(segment: str, what: str) -> dict[str, Any]:
-    try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        value = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_object_without_duplicates,
-            parse_constant=_refuse_constant,
-        )
-    except _DuplicateMember as exc:
-        raise _reject(f"{what} has the member {str(exc)[:100]!r} twice") from exc
-    except (binascii.Error, ValueError, RecursionError) as exc:
-        raise _reject(f"{what} is not base64url-encoded JSON") from exc
-    if not isinstance(value, dict):
-        raise _reject(f"{what} must be a JSON object")
-    return value

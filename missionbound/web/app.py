@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from missionbound.config import Settings
 from missionbound.issuer.server import MissionIssuer
-from missionbound.issuer.signal_delivery import build_dispatcher
+from missionbound.issuer.signal_dispatcher import build_dispatcher
 from missionbound.mission.lifecycle import LifecyclePolicy
 from missionbound.store.change_feed import ChangeFeed
 from missionbound.store.engine import create_engine_for
@@ -64,7 +64,7 @@ def create_app(
         change_feed.start()  # PostgreSQL: LISTEN on its own connection (store/change_feed.py)
         dispatcher = app.state.signal_dispatcher
         if settings.signals_delivery_seconds > 0:
-            dispatcher.start()  # Shared Signals fan-out and push (issuer/signal_delivery.py)
+            dispatcher.start()  # Shared Signals fan-out and push (issuer/signal_dispatcher.py)
         try:
             yield
         finally:

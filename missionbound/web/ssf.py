@@ -10,21 +10,20 @@ transaction (or the transmitter, for poll), send what it returned. Every answer 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar, cast
 
 import structlog
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from missionbound.issuer import signals
 from missionbound.issuer.clients import OAuthClient
 from missionbound.issuer.server import MissionIssuer
-from missionbound.issuer.signal_delivery import (
-    SignalDispatcher,
-    long_poll,
-    parse_poll_request,
-)
+from missionbound.issuer.signal_dispatcher import SignalDispatcher
+from missionbound.issuer.signal_poll import long_poll, parse_poll_request
 from missionbound.mission.canonical import parse_strict
 from missionbound.mission.errors import InvalidRequest, wire_text
 from missionbound.web.oauth import get_issuer
@@ -39,6 +38,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 CHALLENGE = 'Basic realm="missionbound", Bearer realm="missionbound"'
 
 Issuer = Annotated[MissionIssuer, Depends(get_issuer)]
+T = TypeVar("T")
 
 
 def get_dispatcher(request: Request) -> SignalDispatcher:
@@ -72,6 +72,25 @@ def json_document(request: Request, raw: bytes, *, allow_empty: bool = False) ->
     return parse_strict(raw, max_size=MAX_JSON_BODY, what="the request body")
 
 
+async def receiver_request(
+    request: Request, issuer: MissionIssuer, path: str, *, allow_empty: bool = False
+) -> tuple[OAuthClient, Any]:
+    """The authenticated receiver (off the event loop: a ``private_key_jwt`` assertion spends
+    its ``jti`` in a transaction), then its JSON body (:func:`json_document`)."""
+    client = await run_in_threadpool(authenticated, issuer, request, path)
+    return client, json_document(request, await request.body(), allow_empty=allow_empty)
+
+
+async def in_transaction(issuer: MissionIssuer, work: Callable[[Session], T]) -> T:
+    """``work`` in one write transaction, off the event loop."""
+
+    def run() -> T:
+        with issuer.store.begin() as session:
+            return work(session)
+
+    return await run_in_threadpool(run)
+
+
 def answer(body: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=NO_STORE)
 
@@ -97,17 +116,11 @@ def may_push(issuer: MissionIssuer, client_id: str) -> bool:
 @router.post(signals.CONFIGURATION_PATH, summary="Create a stream (SSF 1.0 8.1.1.1)",
              status_code=201)
 async def create_stream(request: Request, issuer: Issuer) -> JSONResponse:
-    client = await run_in_threadpool(authenticated, issuer, request, signals.CONFIGURATION_PATH)
-    body = json_document(request, await request.body())
-
-    def create() -> dict[str, Any]:
-        with issuer.store.begin() as session:
-            return signals.create_stream(
-                session, client_id=client.client_id, body=body, issuer=issuer.issuer,
-                now=issuer.clock(), may_push=may_push(issuer, client.client_id),
-            )
-
-    config = await run_in_threadpool(create)
+    client, body = await receiver_request(request, issuer, signals.CONFIGURATION_PATH)
+    config = await in_transaction(issuer, lambda session: signals.create_stream(
+        session, client_id=client.client_id, body=body, issuer=issuer.issuer,
+        now=issuer.clock(), may_push=may_push(issuer, client.client_id),
+    ))
     log.info("ssf_stream_created", client_id=client.client_id, stream_id=config["stream_id"],
              method=config["delivery"]["method"])
     return answer(config, 201)
@@ -123,18 +136,11 @@ def read_streams(request: Request, issuer: Issuer, stream_id: str | None = None
 
 
 async def _change(request: Request, issuer: Issuer, *, replace: bool) -> JSONResponse:
-    client = await run_in_threadpool(authenticated, issuer, request, signals.CONFIGURATION_PATH)
-    body = json_document(request, await request.body())
-
-    def change() -> dict[str, Any]:
-        with issuer.store.begin() as session:
-            return signals.change_stream(
-                session, client_id=client.client_id, body=body, issuer=issuer.issuer,
-                now=issuer.clock(), replace=replace,
-                may_push=may_push(issuer, client.client_id),
-            )
-
-    return answer(await run_in_threadpool(change))
+    client, body = await receiver_request(request, issuer, signals.CONFIGURATION_PATH)
+    return answer(await in_transaction(issuer, lambda session: signals.change_stream(
+        session, client_id=client.client_id, body=body, issuer=issuer.issuer,
+        now=issuer.clock(), replace=replace, may_push=may_push(issuer, client.client_id),
+    )))
 
 
 @router.patch(signals.CONFIGURATION_PATH, summary="Update a stream (8.1.1.3)")
@@ -172,15 +178,9 @@ def read_status(request: Request, issuer: Issuer, stream_id: str | None = None
 @router.post(signals.STATUS_PATH, summary="Enable, pause or disable a stream (8.1.2.2)")
 async def change_status(request: Request, issuer: Issuer, dispatcher: Dispatcher
                         ) -> JSONResponse:
-    client = await run_in_threadpool(authenticated, issuer, request, signals.STATUS_PATH)
-    body = json_document(request, await request.body())
-
-    def change() -> dict[str, Any]:
-        with issuer.store.begin() as session:
-            return signals.change_status(session, client_id=client.client_id, body=body,
-                                         now=issuer.clock())
-
-    status = await run_in_threadpool(change)
+    client, body = await receiver_request(request, issuer, signals.STATUS_PATH)
+    status = await in_transaction(issuer, lambda session: signals.change_status(
+        session, client_id=client.client_id, body=body, now=issuer.clock()))
     log.info("ssf_stream_status", client_id=client.client_id, stream_id=status["stream_id"],
              status=status["status"])
     dispatcher.wake()  # an enabled stream may have held SETs waiting
@@ -190,18 +190,12 @@ async def change_status(request: Request, issuer: Issuer, dispatcher: Dispatcher
 @router.post(signals.VERIFICATION_PATH, summary="Ask for a verification event (8.1.4.2)",
              status_code=204)
 async def verify(request: Request, issuer: Issuer, dispatcher: Dispatcher) -> Response:
-    client = await run_in_threadpool(authenticated, issuer, request, signals.VERIFICATION_PATH)
-    body = json_document(request, await request.body())
-
-    def queue() -> str:
-        with issuer.store.begin() as session:
-            return signals.request_verification(
-                session, client_id=client.client_id, body=body, issuer=issuer.issuer,
-                now=issuer.clock(),
-            )
-
+    client, body = await receiver_request(request, issuer, signals.VERIFICATION_PATH)
     try:
-        await run_in_threadpool(queue)
+        await in_transaction(issuer, lambda session: signals.request_verification(
+            session, client_id=client.client_id, body=body, issuer=issuer.issuer,
+            now=issuer.clock(),
+        ))
     except signals.VerificationTooSoon as error:
         raise HTTPException(
             status_code=error.status,
@@ -218,8 +212,7 @@ async def verify(request: Request, issuer: Issuer, dispatcher: Dispatcher) -> Re
 @router.post(signals.POLL_PATH, summary="Poll a stream's SETs (RFC 8936)")
 async def poll(request: Request, issuer: Issuer, dispatcher: Dispatcher,
                stream_id: str | None = None) -> JSONResponse:
-    client = await run_in_threadpool(authenticated, issuer, request, signals.POLL_PATH)
-    body = json_document(request, await request.body(), allow_empty=True)
+    client, body = await receiver_request(request, issuer, signals.POLL_PATH, allow_empty=True)
     poll_request = parse_poll_request(body)
     if stream_id is None:
         raise InvalidRequest("the stream_id query parameter is required")

@@ -19,7 +19,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from missionbound.issuer.signals import (
+from missionbound.issuer.security_events import (
     LIFECYCLE_CHANGE,
     SESSION_REVOKED,
     VERIFICATION,

@@ -12,7 +12,7 @@ import structlog
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
-from missionbound.issuer.signal_delivery import SignalDispatcher
+from missionbound.issuer.signal_dispatcher import SignalDispatcher
 from missionbound.web.app import create_app
 from tests.issuer.flow import ISSUER, Flow
 from tests.signals.conftest import Streams

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from missionbound.issuer import signal_delivery
+from missionbound.issuer import signal_poll
 from missionbound.mission.lifecycle import Event
 from missionbound.store.models import SignalDelivery
 from tests.issuer.flow import Flow
@@ -86,13 +86,13 @@ def test_returning_later_waits_for_a_set(flow: Flow, streams: Streams) -> None:
         timer.join()
     elapsed = time.monotonic() - started
     assert versions(streams, answer["sets"]) == [3]
-    assert 0.4 < elapsed < signal_delivery.LONG_POLL_SECONDS
+    assert 0.4 < elapsed < signal_poll.LONG_POLL_SECONDS
 
 
 def test_returning_later_gives_up_after_a_bounded_wait(
     flow: Flow, streams: Streams, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(signal_delivery, "LONG_POLL_SECONDS", 0.6)
+    monkeypatch.setattr(signal_poll, "LONG_POLL_SECONDS", 0.6)
     stream_id = streams.poll(RS)["stream_id"]
     started = time.monotonic()
     answer = flow.client.post("/ssf/poll", params={"stream_id": stream_id}, json={}, auth=RS)

@@ -15,8 +15,8 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 from sqlalchemy import func, select
 
+from missionbound.issuer.security_events import EVENTS_SUPPORTED
 from missionbound.issuer.signals import (
-    EVENTS_SUPPORTED,
     MAX_STREAMS_PER_CLIENT,
     MIN_VERIFICATION_INTERVAL_SECONDS,
 )
