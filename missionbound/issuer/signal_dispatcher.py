@@ -4,8 +4,9 @@ delivery runs from the outbox table, so a crash never loses an event").
 
 :class:`SignalDispatcher`: every ``signals_delivery_seconds``, and whenever
 :meth:`SignalDispatcher.wake` is called, fans out and pushes
-(:meth:`missionbound.issuer.signal_delivery.SignalTransmitter.run_once`), in a worker
-thread; a failure is logged (exception type and the driver's first line: no SQL, no claims)
+(:meth:`missionbound.issuer.signal_delivery.SignalTransmitter.run_once` without waiting for
+the pushes it starts: they run in push threads and wake the dispatcher when they end), in a
+worker thread; a failure is logged (exception type and the driver's first line: no SQL, no claims)
 and the next round tries again. It never takes the server down. RFC 8936 poll streams need
 no dispatcher: a poll fans out what waits first.
 """
@@ -40,6 +41,9 @@ class SignalDispatcher:
         self._idle = threading.Event()
         self._idle.set()
         self.rounds = 0
+        self._round_done = threading.Condition()
+        # A finished push frees a slot: use it at once rather than at the next interval.
+        transmitter.on_push_done = self.wake
 
     @property
     def running(self) -> bool:
@@ -71,7 +75,9 @@ class SignalDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.to_thread(self._idle.wait, self.transmitter.push_timeout * 3 + 1)
-        self.transmitter.close()
+        # Waits for the pushes in flight: each stops after its current send, which its
+        # deadline bounds to one push timeout.
+        await asyncio.to_thread(self.transmitter.close)
 
     async def _run(self) -> None:
         assert self._woken is not None
@@ -94,10 +100,19 @@ class SignalDispatcher:
 
     def _round(self) -> RunReport:
         try:
-            return self.transmitter.run_once()
+            # Pushes run on in their own threads: a slow receiver holds up neither the next
+            # fan-out nor the other streams.
+            return self.transmitter.run_once(wait=False)
         finally:
-            self.rounds += 1
+            with self._round_done:
+                self.rounds += 1
+                self._round_done.notify_all()
             self._idle.set()
+
+    def wait_for_rounds(self, count: int, timeout: float) -> bool:
+        """Block until at least ``count`` rounds have run (True), or ``timeout`` passed."""
+        with self._round_done:
+            return self._round_done.wait_for(lambda: self.rounds >= count, timeout)
 
 
 def build_dispatcher(issuer: MissionIssuer) -> SignalDispatcher:

@@ -117,9 +117,10 @@ class VerificationTooSoon(MissionError):
     error = "too_many_requests"
     status = 429
 
-    def __init__(self, retry_after: int) -> None:
+    def __init__(self, retry_after: int, description: str | None = None) -> None:
         super().__init__(
-            f"at most one verification request per {MIN_VERIFICATION_INTERVAL_SECONDS} s; "
+            description
+            or f"at most one verification request per {MIN_VERIFICATION_INTERVAL_SECONDS} s; "
             f"try again in {retry_after} s"
         )
         self.retry_after = retry_after
@@ -240,7 +241,7 @@ def create_stream(
     settings = parse_stream_request(
         body, client_id=client_id, issuer=issuer, current=None, may_push=may_push
     )
-    if rows.count_streams(session, client_id) >= MAX_STREAMS_PER_CLIENT:
+    if rows.count_streams(session, client_id, for_create=True) >= MAX_STREAMS_PER_CLIENT:
         raise TooManyStreams(
             f"a client may have at most {MAX_STREAMS_PER_CLIENT} streams; delete one first"
         )
@@ -343,6 +344,13 @@ def request_verification(
     stream = _own_stream(session, client_id, stream_id, for_update=True)
     if stream.status == rows.STATUS_DISABLED:
         raise StreamDisabled("the stream is disabled: enable it before asking for verification")
+    if rows.has_owed_of_type(session, stream.stream_id, VERIFICATION):
+        # One undelivered verification at a time: a receiver that never polls must not
+        # grow its queue by asking (decision E13).
+        raise VerificationTooSoon(
+            MIN_VERIFICATION_INTERVAL_SECONDS,
+            "the stream's last verification event is still undelivered; receive it first",
+        )
     last = rows.last_verification_at(session, stream.stream_id, VERIFICATION)
     interval = timedelta(seconds=MIN_VERIFICATION_INTERVAL_SECONDS)
     if last is not None and now - last < interval:

@@ -12,13 +12,18 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 from missionbound.mission.errors import InvalidRequest
 from missionbound.store.models import OutboxEvent
 
 LIFECYCLE_TOPIC = "mission.lifecycle"
+# Topics whose events are due as soon as they are committed, claimed strictly in id order:
+# their ``next_attempt_at`` is the writer's clock, and a replica whose clock runs ahead must
+# not have its event skipped while a later one is delivered first (a Mission's events would
+# then go out of order).
+IMMEDIATE_TOPICS = frozenset({LIFECYCLE_TOPIC})
 
 
 def enqueue(
@@ -52,16 +57,19 @@ def claim_due(
     session: Session, *, now: datetime, limit: int = 100, topic: str | None = None
 ) -> list[OutboxEvent]:
     """Undelivered events whose next attempt is due, oldest first, locked for this
-    transaction (rows another replica holds are skipped, not waited for)."""
+    transaction (rows another replica holds are skipped, not waited for). Events of an
+    :data:`IMMEDIATE_TOPICS` topic are all due, whatever their ``next_attempt_at``."""
     statement = (
         select(OutboxEvent)
-        .where(OutboxEvent.delivered_at.is_(None), OutboxEvent.next_attempt_at <= now)
+        .where(OutboxEvent.delivered_at.is_(None))
         .order_by(OutboxEvent.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
     if topic is not None:
         statement = statement.where(OutboxEvent.topic == topic)
+    if topic not in IMMEDIATE_TOPICS:
+        statement = statement.where(OutboxEvent.next_attempt_at <= now)
     return list(session.scalars(statement))
 
 
@@ -80,6 +88,22 @@ def mark_failed(session: Session, event_id: int, *, now: datetime, retry_in: tim
         .where(OutboxEvent.id == event_id, OutboxEvent.delivered_at.is_(None))
         .values(attempts=OutboxEvent.attempts + 1, next_attempt_at=now + retry_in)
     )
+
+
+def purge_delivered(session: Session, *, before: datetime, limit: int = 1000) -> int:
+    """Forget events delivered before ``before`` (at most ``limit`` per call): once fanned
+    out they are only history, and an outbox nobody trims grows forever."""
+    ids = session.scalars(
+        select(OutboxEvent.id)
+        .where(OutboxEvent.delivered_at.is_not(None), OutboxEvent.delivered_at < before)
+        .order_by(OutboxEvent.id)
+        .limit(limit)
+    ).all()
+    if not ids:
+        return 0
+    result = session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(ids)))
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
 
 
 def events_for_mission(session: Session, mission_id: str) -> list[OutboxEvent]:

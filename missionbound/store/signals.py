@@ -22,7 +22,7 @@ outbox rows, then a stream row, then that stream's deliveries.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +42,10 @@ PUSH_METHOD = "urn:ietf:rfc:8935"
 POLL_METHOD = "urn:ietf:rfc:8936"
 
 MAX_ERROR_LENGTH = 1024  # ssf_deliveries.last_error and ssf_streams.last_error
+# The first key of the per-client lock that serializes stream creation (two-key advisory locks
+# live in their own key space, apart from the fan-out's single-key lock).
+STREAM_CREATE_LOCK_SPACE = 0x55F5
+
 # The fan-out's PostgreSQL advisory lock (transaction scoped): any constant shared by every
 # replica; this one spells "mbSSF" in ASCII.
 FAN_OUT_LOCK_KEY = 0x6D_62_53_53_46
@@ -86,7 +90,15 @@ def add_stream(
     return stream
 
 
-def count_streams(session: Session, client_id: str) -> int:
+def count_streams(session: Session, client_id: str, *, for_create: bool = False) -> int:
+    """How many streams ``client_id`` has. ``for_create``: first take a per-client lock held
+    to commit (PostgreSQL ``pg_advisory_xact_lock``; on SQLite the write transaction already
+    serializes writers), so concurrent creates cannot all see room for one more."""
+    if for_create and session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(CAST(:space AS integer), hashtext(:client_id))"),
+            {"space": STREAM_CREATE_LOCK_SPACE, "client_id": client_id},
+        )
     return int(
         session.scalar(
             select(func.count()).select_from(SignalStream).where(
@@ -230,6 +242,18 @@ def owed(session: Session, stream_id: str, *, limit: int) -> list[Owed]:
     return [Owed(row.id, row.jti, row.claims) for row in rows]
 
 
+def owed_counts(session: Session) -> dict[str, int]:
+    """How many SETs each stream still owes (streams that owe none are left out)."""
+    return {
+        row.stream_id: int(row.n)
+        for row in session.execute(
+            select(SignalDelivery.stream_id, func.count().label("n"))
+            .where(SignalDelivery.delivered_at.is_(None))
+            .group_by(SignalDelivery.stream_id)
+        )
+    }
+
+
 def has_owed(session: Session, stream_id: str, *, after_id: int | None = None) -> bool:
     condition = [SignalDelivery.stream_id == stream_id, SignalDelivery.delivered_at.is_(None)]
     if after_id is not None:
@@ -283,6 +307,16 @@ def acknowledge(
     return changed
 
 
+def has_owed_of_type(session: Session, stream_id: str, event_type: str) -> bool:
+    """Whether the stream still owes a SET of ``event_type`` (a verification not yet
+    delivered)."""
+    return bool(session.scalar(select(exists().where(
+        SignalDelivery.stream_id == stream_id,
+        SignalDelivery.event_type == event_type,
+        SignalDelivery.delivered_at.is_(None),
+    ))))
+
+
 def last_verification_at(session: Session, stream_id: str, event_type: str) -> datetime | None:
     """When the stream's newest SET of ``event_type`` (the verification event) was queued."""
     value = session.scalar(
@@ -323,10 +357,15 @@ class PushClaim:
 
 
 def claim_push_streams(
-    session: Session, *, now: datetime, lease_until: datetime, limit: int
+    session: Session,
+    *,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+    push_clients: Collection[str],
 ) -> list[PushClaim]:
-    """Enabled push streams that owe SETs and are due (not backing off, not leased to
-    another dispatcher), locked (``SKIP LOCKED``: rows another replica is claiming are
+    """Enabled push streams of ``push_clients`` that owe SETs and are due (not backing off,
+    not leased to another dispatcher), locked (``SKIP LOCKED``: rows another replica is claiming are
     skipped) and leased until ``lease_until``. Commit promptly: the lease, not the row lock,
     keeps other dispatchers away while this one sends."""
     require_aware(now, "now")
@@ -340,6 +379,7 @@ def claim_push_streams(
         .where(
             SignalStream.delivery_method == PUSH_METHOD,
             SignalStream.status == STATUS_ENABLED,
+            SignalStream.client_id.in_(sorted(push_clients)),
             SignalStream.endpoint_url.is_not(None),
             (SignalStream.next_attempt_at.is_(None)) | (SignalStream.next_attempt_at <= now),
             owes,

@@ -55,6 +55,7 @@ class Receiver:
     received: list[Pushed] = field(default_factory=list)
     hold: threading.Event | None = None  # set: answer; clear: wait (a push in flight)
     arrived: threading.Condition = field(default_factory=threading.Condition)
+    started: int = 0  # pushes whose request was read (answered or still held)
 
     def answer_next(self, *answers: tuple[int, Any]) -> None:
         """Queue answers (status, JSON body or None) for the next pushes; then 202."""
@@ -67,6 +68,10 @@ class Receiver:
         with self.arrived:
             return self.arrived.wait_for(lambda: len(self.received) >= count, timeout)
 
+    def wait_started(self, count: int, timeout: float = 10.0) -> bool:
+        with self.arrived:
+            return self.arrived.wait_for(lambda: self.started >= count, timeout)
+
 
 @contextmanager
 def running_receiver() -> Iterator[Receiver]:
@@ -77,6 +82,9 @@ def running_receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             token = self.rfile.read(length).decode("ascii", "replace")
+            with receiver.arrived:
+                receiver.started += 1
+                receiver.arrived.notify_all()
             hold = receiver.hold
             if hold is not None:
                 hold.wait(30)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from missionbound.issuer import signal_delivery
 from missionbound.issuer.signal_delivery import SignalTransmitter
 from missionbound.mission.lifecycle import Event, Role
 from missionbound.store import missions, outbox
@@ -232,3 +233,74 @@ def test_an_unreadable_outbox_event_is_delivered_to_nobody(flow: Flow, streams: 
         assert session.scalar(select(func.count()).select_from(OutboxEvent).where(
             OutboxEvent.topic == outbox.LIFECYCLE_TOPIC,
             OutboxEvent.delivered_at.is_(None))) == 0
+
+
+# -- bounded growth (decision E13) ---------------------------------------------------------
+
+
+def test_a_stream_owing_too_many_sets_is_disabled_and_its_queue_dropped(
+    flow: Flow, streams: Streams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(signal_delivery, "MAX_OWED_PER_STREAM", 3)
+    full = streams.poll(RS)["stream_id"]  # nobody polls it
+    polled = streams.poll(RS)["stream_id"]
+    grant = flow.grant()  # versions 1 and 2
+    streams.drain()
+    assert len(streams.polled(RS, polled)["sets"]) == 2
+    streams.polled(RS, polled, ack=list(streams.polled(RS, polled)["sets"]), maxEvents=0)
+    change(flow, grant.mission_id, Event.SUSPEND)  # version 3: the full stream owes 3
+    streams.drain()
+    status = flow.client.get("/ssf/status", params={"stream_id": full}, auth=RS).json()
+    assert status["status"] == "enabled"
+    change(flow, grant.mission_id, Event.RESUME)  # one more would be the fourth
+    streams.drain()
+    status = flow.client.get("/ssf/status", params={"stream_id": full}, auth=RS).json()
+    assert status["status"] == "disabled" and "undelivered" in status["reason"]
+    with flow.store.read() as session, session.begin():
+        owed = session.scalars(select(SignalDelivery.id).where(
+            SignalDelivery.stream_id == full, SignalDelivery.delivered_at.is_(None))).all()
+    assert owed == []
+    # The other stream, which keeps up, is untouched and got both changes.
+    assert len(streams.polled(RS, polled)["sets"]) == 2
+
+
+def test_delivered_outbox_events_are_purged_after_the_retention(
+    flow: Flow, streams: Streams
+) -> None:
+    grant = flow.grant()
+    streams.drain()
+    with flow.store.read() as session, session.begin():
+        events = outbox.events_for_mission(session, grant.mission_id)
+    assert len(events) == 2 and all(e.delivered_at is not None for e in events)
+    transmitter = streams.transmitter
+    transmitter._last_purge = float("-inf")
+    transmitter.run_once()
+    with flow.store.read() as session, session.begin():
+        assert len(outbox.events_for_mission(session, grant.mission_id)) == 2  # too recent
+    flow.clock.advance(signal_delivery.DELIVERED_RETENTION.total_seconds() + 1)
+    transmitter._last_purge = float("-inf")
+    assert transmitter.run_once().purged >= 2
+    with flow.store.read() as session, session.begin():
+        assert outbox.events_for_mission(session, grant.mission_id) == []
+
+
+def test_lifecycle_events_fan_out_in_id_order_whatever_the_writers_clock(
+    flow: Flow, streams: Streams
+) -> None:
+    """A replica whose clock runs ahead writes an event "due" in the future; the next event,
+    written by a replica with a right clock, must not be fanned out before it."""
+    stream_id = streams.poll(RS)["stream_id"]
+    grant = flow.grant()
+    streams.drain()
+    streams.polled(RS, stream_id, ack=list(streams.polled(RS, stream_id)["sets"]), maxEvents=0)
+    change(flow, grant.mission_id, Event.SUSPEND)  # version 3
+    change(flow, grant.mission_id, Event.RESUME)  # version 4
+    with flow.store.begin() as session:
+        first, second = outbox.events_for_mission(session, grant.mission_id)[-2:]
+        assert first.delivered_at is None and second.delivered_at is None
+        first.next_attempt_at = flow.now() + timedelta(minutes=5)  # written by a fast clock
+    with flow.store.begin() as session:
+        claimed = outbox.claim_due(session, now=flow.now(), topic=outbox.LIFECYCLE_TOPIC)
+        assert [e.id for e in claimed][:2] == [first.id, second.id]
+    sets = streams.polled(RS, stream_id)["sets"]
+    assert [event_of(c)[1]["version"] for c in streams.claims(list(sets.values()))] == [3, 4]

@@ -186,7 +186,8 @@ def test_a_leased_stream_is_left_to_its_dispatcher_until_the_lease_lapses(
     now = flow.now()
     with flow.store.begin() as session:
         (claim,) = [c for c in signal_rows.claim_push_streams(
-            session, now=now, lease_until=now + transmitter.lease, limit=100)
+            session, now=now, lease_until=now + transmitter.lease, limit=100,
+            push_clients=[RS[0]])
             if c.stream_id == stream_id]
     assert transmitter.run_once().accepted == 0 and receiver.received == []
     flow.clock.advance(transmitter.lease.total_seconds())
@@ -227,3 +228,22 @@ def test_a_crash_after_the_receiver_answered_sends_the_set_again(
     assert first["jti"] == again["jti"]  # the same SET again: at least once
     assert states(streams, tokens, grant.mission_id) == [
         ("pending_approval", 1), ("pending_approval", 1), ("active", 2)]
+
+
+def test_a_client_no_longer_configured_is_not_pushed_to(
+    flow: Flow, streams: Streams, receiver: Receiver
+) -> None:
+    """Decision E12: push is for clients the operator configures. A stream whose client
+    was removed from the tenant keeps its queue, but the AS sends it nothing."""
+    stream_id = streams.push(RS, receiver.url)["stream_id"]
+    flow.grant()
+    transmitter = streams.transmitter
+    transmitter.fan_out()
+    now = flow.now()
+    with flow.store.begin() as session:
+        claims = signal_rows.claim_push_streams(
+            session, now=now, lease_until=now + transmitter.lease, limit=100,
+            push_clients=["demo-agent"])
+    assert [c for c in claims if c.stream_id == stream_id] == []
+    assert receiver.received == []
+    assert transmitter.run_once().accepted == 2  # still configured: delivered as before

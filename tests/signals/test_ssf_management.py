@@ -459,11 +459,22 @@ def test_verification_is_rate_limited(flow: Flow, streams: Streams) -> None:
     assert 1 <= int(again.headers["retry-after"]) <= MIN_VERIFICATION_INTERVAL_SECONDS
     assert table_counts(flow) == before
     flow.clock.advance(MIN_VERIFICATION_INTERVAL_SECONDS)
+    # The interval has passed, but the first verification SET is still undelivered: refused
+    # until it is received (a receiver that never polls cannot grow its queue by asking).
+    pending = flow.client.post("/ssf/verify", json={"stream_id": stream_id}, auth=RS)
+    assert pending.status_code == 429, pending.text
+    assert pending.json()["error"] == "too_many_requests"
+    assert "undelivered" in pending.json()["error_description"]
+    assert pending.headers["retry-after"] == str(MIN_VERIFICATION_INTERVAL_SECONDS)
+    assert table_counts(flow) == before
+    first = streams.polled(RS, stream_id)
+    assert len(first["sets"]) == 1
+    streams.polled(RS, stream_id, ack=list(first["sets"]), maxEvents=0)
     assert flow.client.post("/ssf/verify", json={"stream_id": stream_id},
                             auth=RS).status_code == 204
     polled = streams.polled(RS, stream_id)
-    assert len(polled["sets"]) == 2
-    for claims in streams.claims(list(polled["sets"].values())):
+    assert len(polled["sets"]) == 1 and set(polled["sets"]).isdisjoint(first["sets"])
+    for claims in streams.claims([*first["sets"].values(), *polled["sets"].values()]):
         assert event_of(claims) == (VERIFICATION, {})
 
 
