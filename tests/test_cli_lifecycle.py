@@ -101,6 +101,21 @@ def test_suspend_resume_and_revoke_with_rich_output(
     assert audit.verify(store.engine).ok
 
 
+def test_reason_and_version_follow_the_endpoints_rules(
+    database_url: str, store: Store, active_mission: Callable[..., MissionRecord]
+) -> None:
+    """Decision G6: CRLF becomes LF, tab and a lone CR are kept; 18 digits are a version."""
+    mission = active_mission(**recent())
+    stale = run(database_url, "suspend", mission.mission_id, "--reason", "x",
+                "--expected-version", "9" * 18)
+    assert stale.exit_code == 1, stale.output
+    assert "mission_concurrent_modification" in stale.stderr
+    result = run(database_url, "suspend", mission.mission_id, "--reason", "a\r\nb\tc\rd",
+                 "--expected-version", "2")
+    assert result.exit_code == 0, result.output
+    assert stored(store, mission.mission_id).lifecycle_history[-1]["reason"] == "a\nb\tc\rd"
+
+
 def test_complete_from_suspended(
     database_url: str, store: Store, active_mission: Callable[..., MissionRecord]
 ) -> None:
@@ -193,6 +208,12 @@ def test_an_expired_mission_is_refused_and_its_expiry_recorded(
     ["revoke", "{mission}", "--reason", "bell\x07"],
     ["revoke", "{mission}", "--reason", "x", "--expected-version", "-1"],
     ["revoke", "{mission}", "--reason", "x", "--expected-version", "two"],
+    # The endpoint's and the console's rules (decision G6).
+    ["revoke", "{mission}", "--reason", "ok\x9bthere"],
+    ["revoke", "{mission}", "--reason", "del\x7f"],
+    ["revoke", "{mission}", "--reason", "x", "--expected-version", "1" * 19],
+    ["revoke", "{mission}", "--reason", "x", "--expected-version", "+3"],
+    ["revoke", "{mission}", "--reason", "x", "--expected-version", ""],
     ["approve", "{mission}", "--reason", "x"],
 ])
 def test_bad_usage_exits_2(

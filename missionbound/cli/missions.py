@@ -28,7 +28,12 @@ from missionbound.cli.common import (
     stdout,
 )
 from missionbound.config import Settings
-from missionbound.issuer.lifecycle import LifecycleActor, change_lifecycle, check_reason
+from missionbound.issuer.lifecycle import (
+    LifecycleActor,
+    change_lifecycle,
+    check_reason,
+    parse_expected_version,
+)
 from missionbound.mission.errors import MissionError
 from missionbound.mission.lifecycle import (
     LIFECYCLE_OPERATIONS,
@@ -239,9 +244,10 @@ ReasonOption = Annotated[
     str, typer.Option("--reason", help="Why (recorded in the audit log and sent with the "
                       "event; at most 1024 characters).", show_default=False)]
 ExpectedVersionOption = Annotated[
-    int | None,
-    typer.Option("--expected-version", min=0, show_default=False,
-                 help="Refuse unless the Mission is at this version (optimistic concurrency)."),
+    str | None,
+    typer.Option("--expected-version", show_default=False,
+                 help="Refuse unless the Mission is at this version (optimistic concurrency; "
+                 "1 to 18 digits)."),
 ]
 _PAST = {Event.REVOKE: "revoked", Event.SUSPEND: "suspended", Event.RESUME: "resumed",
          Event.COMPLETE: "completed"}
@@ -259,19 +265,24 @@ def change_mission(
     operation: Event,
     mission_id: str,
     reason: str,
-    expected_version: int | None,
+    expected_version: str | None,
     as_json: bool,
     config: Path | None,
     database_url: str | None,
 ) -> None:
     """One lifecycle operation as the local operator (role ``admin``), in one transaction."""
     require_mission_id(mission_id)
+    # The endpoint's and the console's rules (decision G6), from the same parsers.
     if not reason.strip():
         fail("--reason must say why", EXIT_USAGE)
     try:
-        checked_reason = check_reason(reason)
+        checked_reason = check_reason(reason, required=True)
     except MissionError as exc:
         fail(f"--reason: {exc.description}", EXIT_USAGE)
+    try:
+        checked_version = parse_expected_version(expected_version)
+    except MissionError as exc:
+        fail(f"--expected-version: {exc.description}", EXIT_USAGE)
     settings = settings_from(config_file=config, database_url=database_url)
     engine = open_database(settings)
     actor = LifecycleActor(frozenset({Role.ADMIN}), {"operator": operator_name(), "via": "cli"})
@@ -279,7 +290,7 @@ def change_mission(
         with Store(engine).begin() as session:
             result = change_lifecycle(
                 session, mission_id, operation, actor, reason=checked_reason,
-                now=datetime.now(UTC), expected_version=expected_version,
+                now=datetime.now(UTC), expected_version=checked_version,
                 policy=lifecycle_policy(settings))
     except SQLAlchemyError as exc:
         database_error(settings, exc)

@@ -30,6 +30,7 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from authlib.oauth2.rfc6749 import OAuth2Error
@@ -197,6 +198,25 @@ def single_values(request: OAuthRequest) -> dict[str, str]:
     return dict(request.form)
 
 
+# The form parameters authentication reads; everything else is read after it (decision G4).
+AUTHENTICATION_PARAMETERS = ("client_assertion", "client_assertion_type", "client_id",
+                             "client_secret", "csrf_token")
+
+
+def authentication_values(request: OAuthRequest) -> dict[str, str]:
+    """The form parameters authentication reads, each once: one of them repeated is no
+    authentication (401), so an unauthenticated caller learns nothing about the rest of the
+    form before it authenticates (decision G4)."""
+    values: dict[str, str] = {}
+    for name in AUTHENTICATION_PARAMETERS:
+        sent = request.values(name)
+        if len(sent) > 1:
+            raise Unauthenticated(f"{name} appears more than once")
+        if sent:
+            values[name] = sent[0]
+    return values
+
+
 def authenticate(
     issuer: MissionIssuer,
     request: OAuthRequest,
@@ -209,8 +229,10 @@ def authenticate(
     """The caller of ``request``, authenticated in exactly one of ``methods``.
 
     Call it first in the transaction: ``private_key_jwt`` spends the assertion ``jti`` in a
-    transaction of its own, which on SQLite must open before this one's first statement."""
-    form = single_values(request)
+    transaction of its own, which on SQLite must open before this one's first statement.
+    Reads only :data:`AUTHENTICATION_PARAMETERS` of the form: the rest (and any repeated
+    parameter there) is the endpoint's to check, after this."""
+    form = authentication_values(request)
     authorization = request.headers.get("authorization")
     presented = []
     if "client_assertion" in form or "client_assertion_type" in form:
@@ -422,19 +444,33 @@ def error_answer(error: MissionError, nonce: str | None, *, basic_realm: str | N
 def _audit_refusal(issuer: MissionIssuer, request: OAuthRequest, error: MissionError) -> None:
     """Decision O9 at the governance endpoints: a refusal of an authenticated caller is
     evidence, recorded after the rollback (an unauthenticated one leaves nothing)."""
-    context = request.refusal
-    if context is None:
-        return
+    if request.refusal is not None:
+        audit_refusal(issuer, request.refusal, error, request.now)
+
+
+def audit_refusal(issuer: MissionIssuer, context: Mapping[str, Any], error: MissionError,
+                  now: datetime, *, shown: str | None = None) -> None:
+    """Record ``error`` refusing an authenticated caller (decisions O9, G8), in a transaction
+    of its own: call it after the refused request's transaction rolled back. ``context``:
+    ``event``, ``actor`` and, once known, ``mission_id`` and ``data``; the record adds the
+    error the caller was shown (``shown``, else this module's wire error) and the real cause
+    behind an anti-oracle 404."""
     wire = error_answer(error, None).body
     assert isinstance(wire, dict)
+    if shown is not None:
+        wire["error"] = shown
     with issuer.store.begin() as session:
-        mission = None
+        mission, mission_id = None, None
         if mission_exists(session, context.get("mission_id")):
-            mission = missions.get(session, context["mission_id"], with_history=False)
+            mission_id = context["mission_id"]
+            try:
+                mission = missions.get(session, mission_id, with_history=False)
+            except InvalidState:
+                mission = None  # unreadable: the record names it, without its anchors
         audit.append(
             session,
             event=context["event"],
-            mission_id=mission.mission_id if mission is not None else None,
+            mission_id=mission_id,
             actor=context.get("actor"),
             anchors=anchors_of(mission) if mission is not None else None,
             policy_version=mission.policy_version if mission is not None else None,
@@ -443,7 +479,7 @@ def _audit_refusal(issuer: MissionIssuer, request: OAuthRequest, error: MissionE
             data={**dict(context.get("data") or {}), "error": wire["error"],
                   "cause": _cause(error),
                   "error_description": wire_text(error.description)},
-            at=request.now,
+            at=now,
         )
 
 

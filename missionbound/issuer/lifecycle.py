@@ -36,6 +36,7 @@ from missionbound.issuer.governance_callers import (
     BrowserCredentials,
     Caller,
     NotVisible,
+    audit_refusal,
     authenticate,
     mission_parameter,
     nonce_parameter,
@@ -49,7 +50,7 @@ from missionbound.issuer.mission_status import (
     status_response,
 )
 from missionbound.mission.canonical import digest_json
-from missionbound.mission.errors import InvalidRequest, InvalidState
+from missionbound.mission.errors import InvalidRequest, InvalidState, MissionError
 from missionbound.mission.lifecycle import (
     DEFAULT_POLICY,
     LIFECYCLE_OPERATIONS,
@@ -58,8 +59,9 @@ from missionbound.mission.lifecycle import (
     Role,
     allowed_roles,
 )
-from missionbound.mission.record import MissionRecord
+from missionbound.mission.record import MISSION_ID, MissionRecord
 from missionbound.store import lifecycle_requests, missions
+from missionbound.store.errors import MissionNotFound
 from missionbound.store.lifecycle import (
     MAX_REASON_LENGTH,
     TransitionResult,
@@ -67,9 +69,11 @@ from missionbound.store.lifecycle import (
     transition,
 )
 from missionbound.store.mission_rows import lock_mission, to_record
+from missionbound.store.models import Mission
 
 if TYPE_CHECKING:
     from missionbound.issuer.server import MissionIssuer, OAuthRequest, OAuthResponse
+    from missionbound.tenant import User
 
 log = structlog.get_logger("missionbound.lifecycle")
 
@@ -77,6 +81,7 @@ OPERATION_NAMES = tuple(event.value for event in LIFECYCLE_OPERATIONS)
 MISSION_LIFECYCLE = "mission_lifecycle"
 AUDIT_REFUSED = "lifecycle.refused"
 VIA_ENDPOINT = "lifecycle_endpoint"
+VIA_CONSOLE = "console"
 # Issuance digest 8.2/8.3: no client secrets at the lifecycle endpoint.
 LIFECYCLE_METHODS = frozenset({PRIVATE_KEY_JWT, DPOP_BOUND_ACCESS_TOKEN, BROWSER_SESSION})
 # How long a nonce is remembered: at least the signed answer's lifetime (issuance digest
@@ -85,7 +90,7 @@ LIFECYCLE_METHODS = frozenset({PRIVATE_KEY_JWT, DPOP_BOUND_ACCESS_TOKEN, BROWSER
 MIN_NONCE_WINDOW = timedelta(minutes=10)
 # Forgotten nonces are purged at most this often per process, after a committed request.
 PURGE_INTERVAL = timedelta(seconds=60)
-_EXPECTED_VERSION = re.compile(r"[0-9]{1,18}")
+_EXPECTED_VERSION = re.compile(r"[0-9]{1,18}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -136,16 +141,130 @@ def change_lifecycle(
     )
 
 
-def check_reason(value: str | None) -> str | None:
-    """The ``reason``: at most 1024 characters, no control characters other than tab and
-    line breaks; absent or empty means none."""
-    if value is None or value == "":
+def check_reason(value: str | None, *, required: bool = False) -> str | None:
+    """The ``reason`` of every surface (endpoint, console, CLI ``--reason``; decision G6):
+    CRLF becomes LF, then at most 1024 characters of text, tabs and line breaks (no other
+    C0 control, no DEL, no C1 control, no lone surrogate). Absent or empty means none, which
+    ``required`` refuses (so does a reason of white space only)."""
+    if value is None or value == "" or (required and not value.strip()):
+        if required:
+            raise InvalidRequest("give a reason: it is recorded with the change and sent to "
+                                 "the Resource Servers")
         return None
+    value = value.replace("\r\n", "\n")
     if len(value) > MAX_REASON_LENGTH:
         raise InvalidRequest(f"reason must be at most {MAX_REASON_LENGTH} characters")
-    if any((ord(c) < 0x20 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0 for c in value):
-        raise InvalidRequest("reason must not contain control characters")
+    if any(_refused_in_reason(char) for char in value):
+        raise InvalidRequest("reason must hold text, new lines and tabs only: no control "
+                             "characters")
     return value
+
+
+def _refused_in_reason(char: str) -> bool:
+    code = ord(char)
+    return ((code < 0x20 and char not in "\t\n\r") or 0x7F <= code < 0xA0
+            or 0xD800 <= code < 0xE000)
+
+
+def parse_expected_version(value: str | None) -> int | None:
+    """``expected_version`` on every surface (endpoint, console form, CLI
+    ``--expected-version``; decision G6): absent means none, else 1 to 18 decimal digits."""
+    if value is None:
+        return None
+    if not _EXPECTED_VERSION.fullmatch(value):
+        raise InvalidRequest("expected_version must be a whole number (1 to 18 digits)")
+    return int(value)
+
+
+def locked_roles(session: Session, caller: Caller, mission_id: str
+                 ) -> tuple[Mission, frozenset[Role]]:
+    """Lock the Mission for a change and return its row with the roles ``caller`` holds on
+    it now, in the writing transaction. :class:`NotVisible` (the 404 of an unknown Mission)
+    when the caller holds none, may not address it, or it cannot be read;
+    ``MissionNotFound`` when there is no such Mission."""
+    if not caller.may_address(mission_id):
+        raise NotVisible("other_mission")
+    row = lock_mission(session, mission_id)
+    try:
+        record = to_record(row)
+    except InvalidState:
+        # Who holds which role cannot be read from an unreadable record: nobody does.
+        raise NotVisible("unreadable_record") from None
+    roles = caller.roles_on(record)
+    if not roles:
+        raise NotVisible("no_role")
+    return row, roles
+
+
+# -- a signed-in person (the console) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PersonAsk:
+    """A signed-in person's lifecycle form as sent (the console's): raw values, checked by
+    :func:`person_changes_lifecycle` with the endpoint's parsers."""
+
+    mission_id: str
+    operation: str | None
+    reason: str | None
+    expected_version: str | None
+    confirmed: bool
+
+
+@dataclass(frozen=True)
+class PersonOutcome:
+    """What became of a :class:`PersonAsk`: the Mission after a change (``changed`` False
+    for an idempotent repeat), or the ``refusal``, already audited. ``hidden``: answer
+    exactly as for an unknown Mission."""
+
+    operation: Event | None
+    record: MissionRecord | None = None
+    changed: bool = False
+    refusal: MissionError | None = None
+
+    @property
+    def hidden(self) -> bool:
+        return isinstance(self.refusal, (NotVisible, MissionNotFound))
+
+
+def person_changes_lifecycle(issuer: MissionIssuer, user: User, ask: PersonAsk, *,
+                             via: str = VIA_CONSOLE) -> PersonOutcome:
+    """A signed-in person (authenticated, CSRF checked by the caller) applies a lifecycle
+    operation, in one transaction. Order (decision V5): the Mission visible to them (else
+    the 404 of an unknown one), the form (operation, a reason, the confirmation,
+    ``expected_version``), then :func:`change_lifecycle` with the roles they hold now
+    (403 ``TransitionForbidden``, 409 for the state or a stale version). Every refusal is
+    audited as at the endpoint (``lifecycle.refused``, decision G8), after the rollback,
+    with the real cause; the actor is ``{"user": ..., "via": via}``."""
+    now = issuer.clock()
+    caller = Caller("user", user.username, BROWSER_SESSION, user=user)
+    trace: dict[str, Any] = {"user": user.username, "via": via}
+    refusal: dict[str, Any] = {"event": AUDIT_REFUSED, "actor": trace}
+    operation: Event | None = None
+    try:
+        with issuer.store.begin() as session:
+            if not MISSION_ID.fullmatch(ask.mission_id):
+                raise NotVisible("malformed_mission_id")
+            refusal["mission_id"] = ask.mission_id
+            _, roles = locked_roles(session, caller, ask.mission_id)
+            operation = parse_operation(ask.operation)
+            refusal["data"] = {"operation": operation.value}
+            reason = check_reason(ask.reason, required=True)
+            if not ask.confirmed:
+                raise InvalidRequest("tick “I understand” to confirm the change")
+            expected_version = parse_expected_version(ask.expected_version)
+            result = change_lifecycle(
+                session, ask.mission_id, operation, LifecycleActor(roles, trace),
+                reason=reason, now=now, expected_version=expected_version,
+                policy=issuer.lifecycle_policy)
+    except MissionError as error:
+        # The record names the error as the person saw it (a 403 is a 403 here: they
+        # see the Mission); a hidden Mission is the endpoint's not_found.
+        audit_refusal(issuer, refusal, error, now,
+                      shown=None if isinstance(error, (NotVisible, MissionNotFound))
+                      else error.error)
+        return PersonOutcome(operation, refusal=error)
+    return PersonOutcome(operation, result.record, changed=result.decision.changed)
 
 
 # -- the endpoint --------------------------------------------------------------------------
@@ -175,12 +294,7 @@ def parse_lifecycle_form(request: OAuthRequest) -> LifecycleAsk:
     operation = parse_operation(form.get("operation"))
     nonce = nonce_parameter(form)
     reason = check_reason(form.get("reason"))
-    sent_version = form.get("expected_version")
-    expected_version = None
-    if sent_version is not None:
-        if not _EXPECTED_VERSION.fullmatch(sent_version):
-            raise InvalidRequest("expected_version must be a non-negative integer")
-        expected_version = int(sent_version)
+    expected_version = parse_expected_version(form.get("expected_version"))
     return LifecycleAsk(mission_id, operation, reason, nonce, expected_version)
 
 
@@ -208,17 +322,9 @@ def apply_lifecycle_request(
     ``invalid_request``), then the machine (idempotent repeat, ``expected_version``,
     terminal, legality)."""
     policy = issuer.lifecycle_policy
-    if not caller.may_address(ask.mission_id):
-        raise NotVisible("other_mission")
-    row = lock_mission(session, ask.mission_id)
-    try:
-        record = to_record(row)
-    except InvalidState:
-        # Who holds which role cannot be read from an unreadable record: nobody does.
-        raise NotVisible("unreadable_record") from None
-    roles = caller.roles_on(record)
+    row, roles = locked_roles(session, caller, ask.mission_id)
     if not roles & allowed_roles(ask.operation, policy):
-        raise NotVisible("operation_not_allowed" if roles else "no_role")
+        raise NotVisible("operation_not_allowed")
     seen = lifecycle_requests.remember(
         session, caller=caller.nonce_key, mission_id=ask.mission_id, nonce=ask.nonce,
         request_digest=ask.digest(), now=now, expires_at=now + nonce_window(issuer))

@@ -5,8 +5,9 @@ DESIGN.md "Pages").
 
 Thin routes: read the signed ``mb_session`` cookie (:mod:`missionbound.web.sessions`; people
 sign in at the existing ``/login``, which sends them back here with ``next``), read through
-:mod:`missionbound.store.mission_queries`, change through the one lifecycle service
-(:func:`missionbound.issuer.lifecycle.change_lifecycle`) and render
+:mod:`missionbound.store.mission_queries`, change through the issuer's service for a
+signed-in person (:func:`missionbound.issuer.lifecycle.person_changes_lifecycle`, which
+checks the form with the endpoint's parsers, decides and audits refusals) and render
 ``templates/console/``. Who sees and may do what is
 :mod:`missionbound.issuer.mission_access`; this module only asks.
 
@@ -20,7 +21,6 @@ the person may not see answer the same 404 page.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Mapping
 from datetime import datetime
 from math import ceil
@@ -29,15 +29,15 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
+from jinja2 import UndefinedError
 
-from missionbound.issuer.lifecycle import LifecycleActor, change_lifecycle, parse_operation
+from missionbound.issuer.lifecycle import PersonAsk, person_changes_lifecycle
 from missionbound.issuer.mission_access import roles_of_user, user_may_see
 from missionbound.issuer.server import MissionIssuer
-from missionbound.mission.errors import InvalidRequest, MissionError
+from missionbound.mission.errors import InvalidRequest, InvalidState, MissionError
 from missionbound.mission.lifecycle import TERMINAL_STATES, State
 from missionbound.mission.record import MISSION_ID, MissionRecord
 from missionbound.store import missions
-from missionbound.store.errors import MissionNotFound
 from missionbound.store.lifecycle import MAX_REASON_LENGTH
 from missionbound.store.mission_queries import (
     MAX_FILTER_LENGTH,
@@ -79,8 +79,6 @@ MAX_PAGE = 10_000
 TIMELINE_PAGE = 200
 GOAL_PREVIEW = 140
 _DIGITS = re.compile(r"[0-9]{1,9}")
-# Reasons travel in audit records and Security Event Tokens: text, lines and tabs only.
-_REASON_CONTROLS = frozenset(chr(c) for c in range(32)) - {"\t", "\n"} | {"\x7f"}
 
 
 class _Hidden(Exception):
@@ -229,6 +227,7 @@ def _load_visible(issuer: MissionIssuer, viewer: User, mission_id: str, after: i
         record = missions.get(db, mission_id)
         if record is None or not user_may_see(viewer, record):
             raise _Hidden
+        _check_disclosure(record.consent_disclosure)
         return {
             "record": record,
             "derivations": missions.derivation_count(db, mission_id),
@@ -324,43 +323,64 @@ def console_mission(mission_id: str, request: Request, issuer: Issuer) -> Respon
     except _Hidden:
         return _not_found(issuer, session, viewer)
     except MissionError as error:
-        if not viewer.is_admin:  # an unreadable row says nothing to whoever may not see it
-            return _not_found(issuer, session, viewer)
-        return _error(issuer, session, viewer, status_code=max(error.status, 400),
-                      title="This Mission cannot be shown", description=error.description)
-    return _page(issuer, session, viewer, "console/mission.html",
-                 notice=_notice(request), error=None, form_reason="",
-                 **_mission_context(issuer, viewer, loaded, after))
+        return _unreadable(issuer, session, viewer, error)
+    return _mission_page(issuer, session, viewer, loaded, after,
+                         notice=_notice(request), error=None, form_reason="")
 
 
-def _reason(form: Mapping[str, str]) -> str:
-    reason = form.get("reason", "").replace("\r\n", "\n").strip()
-    if not reason:
-        raise InvalidRequest("give a reason: it is recorded with the change and sent to the "
-                             "Resource Servers")
-    if len(reason) > MAX_REASON_LENGTH:
-        raise InvalidRequest(f"the reason is at most {MAX_REASON_LENGTH} characters")
-    if any(char in _REASON_CONTROLS or unicodedata.category(char) == "Cs" for char in reason):
-        raise InvalidRequest("the reason may hold text, new lines and tabs only")
-    return reason
+def _unreadable(issuer: MissionIssuer, session: BrowserSession, viewer: User,
+                error: MissionError) -> Response:
+    """A stored Mission that cannot be read (decision V7): a 409 page for administrators,
+    the 404 of an unknown Mission for everyone else."""
+    if not viewer.is_admin:  # an unreadable row says nothing to whoever may not see it
+        return _not_found(issuer, session, viewer)
+    return _error(issuer, session, viewer, status_code=max(error.status, 400),
+                  title="This Mission cannot be shown", description=error.description)
 
 
-def _expected_version(form: Mapping[str, str]) -> int | None:
-    text = form.get("expected_version", "").strip()
-    if not text:
-        return None
-    if not _DIGITS.fullmatch(text):
-        raise InvalidRequest("expected_version must be a whole number")
-    return int(text)
+def _mission_page(issuer: MissionIssuer, session: BrowserSession, viewer: User,
+                  loaded: Mapping[str, Any], after: int, *, status_code: int = 200,
+                  **context: Any) -> Response:
+    """The Mission page; a stored record the template cannot render (a member missing
+    deeper than :func:`_check_disclosure` looks) is unreadable, never a 500."""
+    try:
+        return _page(issuer, session, viewer, "console/mission.html",
+                     status_code=status_code, **context,
+                     **_mission_context(issuer, viewer, loaded, after))
+    except UndefinedError as error:
+        why = error.message or "a member is missing"
+        return _unreadable(issuer, session, viewer, InvalidState(
+            f"the stored Mission record cannot be rendered: {why}"))
+
+
+# The members of a stored consent disclosure the Mission page reads directly.
+_DISCLOSURE_MEMBERS = ("rendered_at", "purpose", "authority", "bounds", "mission_expiry")
+
+
+def _check_disclosure(disclosure: Any) -> None:
+    """The stored consent disclosure has the shape the page renders (or there is none):
+    else :class:`InvalidState`, which the page shows as unreadable (decision V7)."""
+    if disclosure is None:
+        return
+    if not isinstance(disclosure, Mapping):
+        raise InvalidState("the stored consent disclosure is not an object")
+    missing = [name for name in _DISCLOSURE_MEMBERS if name not in disclosure]
+    if missing:
+        raise InvalidState("the stored consent disclosure lacks " + ", ".join(missing))
+    expiry = disclosure["mission_expiry"]
+    if (not isinstance(disclosure["rendered_at"], str)
+            or not isinstance(disclosure["authority"], list)
+            or not isinstance(expiry, Mapping) or not isinstance(expiry.get("granted"), str)):
+        raise InvalidState("the stored consent disclosure is malformed")
 
 
 @router.post("/console/missions/{mission_id}/lifecycle")
 def console_lifecycle(mission_id: str, request: Request, issuer: Issuer, form: Form
                       ) -> Response:
     """Suspend, resume, revoke or complete, with a reason and an explicit confirmation.
-    Checks in this order, each stopping everything: signed in, the form's CSRF token, the
-    Mission visible to this person (else the same 404 as an unknown one), the form
-    (operation, reason, confirmation), then the lifecycle service's own decision."""
+    Signed in and the form's CSRF token here; then the one service for a signed-in person
+    (:func:`person_changes_lifecycle`: the Mission visible to this person, else the same 404
+    as an unknown one; the form; the lifecycle decision), which audits every refusal."""
     session = _browser_session(issuer, request)
     viewer = _viewer(issuer, session)
     if viewer is None:
@@ -372,39 +392,27 @@ def console_lifecycle(mission_id: str, request: Request, issuer: Issuer, form: F
     except MissionError as error:
         return _error(issuer, session, viewer, status_code=400,
                       title="The form could not be accepted", description=error.description)
-    reason_text = form.get("reason", "")[:MAX_REASON_LENGTH * 2]
-    try:
-        _load_visible(issuer, viewer, mission_id, 0)
-        operation = parse_operation(form.get("operation"))
-        reason = _reason(form)
-        if form.get("confirm") != "yes":
-            raise InvalidRequest("tick “I understand” to confirm the change")
-        expected_version = _expected_version(form)
-        with issuer.store.begin() as db:
-            # Who may see it and the roles are decided again inside the transaction that
-            # changes it: the service gets the roles the person holds now.
-            record = missions.get(db, mission_id, with_history=False)
-            if record is None or not user_may_see(viewer, record):
-                raise _Hidden
-            result = change_lifecycle(
-                db, mission_id, operation,
-                LifecycleActor(roles_of_user(viewer, record),
-                               {"user": viewer.username, "via": "console"}),
-                reason=reason, now=issuer.clock(), expected_version=expected_version,
-                policy=issuer.lifecycle_policy)
-    except (_Hidden, MissionNotFound):
+    outcome = person_changes_lifecycle(issuer, viewer, PersonAsk(
+        mission_id=mission_id, operation=form.get("operation"), reason=form.get("reason"),
+        expected_version=form.get("expected_version") or None,
+        confirmed=form.get("confirm") == "yes"))
+    if outcome.hidden:
         return _not_found(issuer, session, viewer)
-    except MissionError as error:
+    refusal = outcome.refusal
+    if refusal is not None:
         try:
             loaded = _load_visible(issuer, viewer, mission_id, 0)
-        except (_Hidden, MissionError):
+        except _Hidden:
             return _not_found(issuer, session, viewer)
-        return _page(issuer, session, viewer, "console/mission.html",
-                     status_code=max(error.status, 400), notice=None,
-                     error=_error_words(error), form_reason=reason_text,
-                     **_mission_context(issuer, viewer, loaded, 0))
-    query = {"done": operation.value}
-    if not result.decision.changed:
+        except MissionError as error:
+            return _unreadable(issuer, session, viewer, error)
+        return _mission_page(issuer, session, viewer, loaded, 0,
+                             status_code=max(refusal.status, 400), notice=None,
+                             error=_error_words(refusal),
+                             form_reason=form.get("reason", "")[:MAX_REASON_LENGTH * 2])
+    assert outcome.operation is not None
+    query = {"done": outcome.operation.value}
+    if not outcome.changed:
         query["repeat"] = "1"
     return _see_other(f"/console/missions/{mission_id}?{urlencode(query)}")
 

@@ -151,6 +151,7 @@ _REFUSED_THINGS: Mapping[str, str] = {
     "par": "Pushed authorization request refused",
     "introspection": "Introspection refused",
     "revocation": "Token revocation refused",
+    "lifecycle": "Lifecycle change refused",
 }
 
 

@@ -285,6 +285,11 @@ def test_an_expired_mission_is_refused_and_its_expiry_persisted(gov: Governance)
     ({"expected_version": "1.0"}, "expected_version"),
     ({"reason": "x" * 1025}, "reason"),
     ({"reason": "bell\x07"}, "reason"),
+    ({"reason": "ok\x9bthere"}, "reason"),
+    ({"reason": "del\x7f"}, "reason"),
+    ({"expected_version": "1" * 19}, "expected_version"),
+    ({"expected_version": ""}, "expected_version"),
+    ({"expected_version": "\u0663"}, "expected_version"),
 ])
 def test_malformed_requests_are_invalid_request(gov: Governance, form: dict[str, Any],
                                                 why: str) -> None:
@@ -298,6 +303,16 @@ def test_malformed_requests_are_invalid_request(gov: Governance, form: dict[str,
     assert gov.record(mission_id).state is State.ACTIVE
 
 
+def test_a_reason_keeps_tabs_and_line_breaks_with_crlf_as_lf(gov: Governance) -> None:
+    """Decision G6, the rule the console and the CLI share: CRLF becomes LF; tab, LF and a
+    lone CR are kept."""
+    mission_id = gov.mission()
+    gov.verified(gov.lifecycle(mission_id, "suspend", user="dave",
+                               reason="line one\r\nline two\tend\rx"))
+    assert gov.record(mission_id).lifecycle_history[-1]["reason"] == (
+        "line one\nline two\tend\rx")
+
+
 def test_a_repeated_parameter_is_invalid_request(gov: Governance) -> None:
     mission_id = gov.mission()
     csrf = gov.csrf(gov.browser("dave"))
@@ -307,7 +322,26 @@ def test_a_repeated_parameter_is_invalid_request(gov: Governance) -> None:
     refused(gov, lambda: gov.browser("dave").post(
         LIFECYCLE, content=str(content),
         headers={"Content-Type": "application/x-www-form-urlencoded"}),
-        status=400, error="invalid_request", audited=False)
+        status=400, error="invalid_request")  # authenticated first: audited (G4, G8)
+
+
+def test_authentication_comes_before_the_form(gov: Governance) -> None:
+    """Decision G4: an unauthenticated request with a repeated parameter is 401, not 400;
+    a repeated authentication parameter is no authentication."""
+    mission_id = gov.mission()
+    form = [("mission", mission_id), ("mission", mission_id), ("operation", "revoke"),
+            ("nonce", nonce())]
+    urlencoded = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = refused(gov, lambda: gov.flow.client.post(
+        LIFECYCLE, content=str(httpx.QueryParams(form)), headers=urlencoded),
+        status=401, error="invalid_client", audited=False)
+    assert response.headers["www-authenticate"].startswith("DPoP ")
+    fields = gov.assertion(AGENT)
+    twice = [("mission", mission_id), ("operation", "complete"), ("nonce", nonce()),
+             *fields.items(), ("client_assertion", fields["client_assertion"])]
+    refused(gov, lambda: gov.flow.client.post(
+        LIFECYCLE, content=str(httpx.QueryParams(twice)), headers=urlencoded),
+        status=401, error="invalid_client", audited=False)
 
 
 # -- unknown and unauthorized look the same ------------------------------------------------

@@ -33,7 +33,9 @@ from tests.issuer.flow import (
     Flow,
     Grant,
     instant,
+    last_audit_seq,
     mission_intent,
+    refusals,
     snapshot,
 )
 
@@ -505,6 +507,61 @@ def test_alice_cannot_resume_a_suspended_mission(flow: Flow, bob: TestClient,  #
                       "not allowed to resume this Mission")
 
 
+def refused_audited(flow: Flow, send: Any, status: int, words: str, *, user: str,  # noqa: F811
+                    mission_id: str | None, error: str, cause: str) -> dict[str, Any]:
+    """A console refusal changes nothing and leaves exactly one ``lifecycle.refused``
+    record naming the person and the console (decision G8, as at the endpoint)."""
+    seq = last_audit_seq(flow.engine)
+    refused_unchanged(flow, send, status, words)
+    [record] = refusals(flow.engine, seq)
+    assert record["event"] == "lifecycle.refused"
+    assert record["actor"] == {"user": user, "via": "console"}
+    assert record["mission_id"] == mission_id
+    assert (record["data"]["error"], record["data"]["cause"]) == (error, cause), record
+    return record
+
+
+def test_every_console_refusal_is_audited(flow: Flow, bob: TestClient,  # noqa: F811
+                                          alice: TestClient) -> None:
+    grant = mission_for(flow, "alice")
+    mission_id = grant.mission_id
+    # Forbidden: alice may not suspend her own Mission.
+    record = refused_audited(flow, lambda: change(alice, mission_id, "suspend"), 403,
+                             "You may not do this", user="alice", mission_id=mission_id,
+                             error="access_denied", cause="access_denied")
+    assert record["data"]["operation"] == "suspend"
+    # A stale page.
+    stale = lifecycle_form(bob, mission_id)
+    changed_ok(bob, mission_id, "suspend")
+    url = f"/console/missions/{mission_id}/lifecycle"
+    refused_audited(flow, lambda: bob.post(url, data={
+        **stale.hidden, "operation": "revoke", "reason": "old tab", "confirm": "yes"}),
+        409, "The Mission changed or has ended", user="bob", mission_id=mission_id,
+        error="mission_concurrent_modification", cause="mission_concurrent_modification")
+    # An illegal transition: a pending Mission cannot be suspended.
+    pending_id = flow.mission_of(flow.push_ok().request_uri).mission_id
+    csrf = form_of(bob.get("/console/").text, "/console/sign-out").hidden
+    refused_audited(flow, lambda: bob.post(
+        f"/console/missions/{pending_id}/lifecycle",
+        data={**csrf, "operation": "suspend", "reason": "early", "confirm": "yes"}),
+        409, "Not possible in the Mission's current state", user="bob",
+        mission_id=pending_id, error="invalid_state", cause="invalid_state")
+    # A form error, and a Mission hidden from alice (the real cause kept, the 404 shown).
+    refused_audited(flow, lambda: change(bob, mission_id, "resume", confirm=None), 400,
+                    "tick “I understand”", user="bob", mission_id=mission_id,
+                    error="invalid_request", cause="invalid_request")
+    other = mission_for(flow, "bob")
+    refused_audited(flow, lambda: alice.post(
+        f"/console/missions/{other.mission_id}/lifecycle",
+        data={**form_of(alice.get("/console/").text, "/console/sign-out").hidden,
+              "operation": "revoke", "reason": "not mine", "confirm": "yes"}),
+        404, "Mission not found", user="alice", mission_id=other.mission_id,
+        error="not_found", cause="no_role")
+    # The timeline names the refusal.
+    page = plain(bob.get(f"/console/missions/{mission_id}").text)
+    assert "Lifecycle change refused" in page
+
+
 @pytest.mark.parametrize(("overrides", "words"), [
     ({"csrf_token": None}, "the form has expired or was not sent from this site"),
     ({"csrf_token": "A" * 43}, "the form has expired or was not sent from this site"),
@@ -536,6 +593,11 @@ def test_a_change_from_another_session_is_refused(flow: Flow, bob: TestClient) -
     ({"operation": "approve"}, "operation must be one of"),
     ({"operation": None}, "operation must be one of"),
     ({"expected_version": "v2"}, "expected_version must be a whole number"),
+    # The endpoint's rules (decision G6): no C1 controls, at most 18 digits.
+    ({"reason": "ok\x9bthere"}, "text, new lines and tabs only"),
+    ({"reason": "del\x7f"}, "text, new lines and tabs only"),
+    ({"expected_version": "1" * 19}, "expected_version must be a whole number"),
+    ({"expected_version": " 1"}, "expected_version must be a whole number"),
 ])
 def test_reason_and_confirmation_are_required(flow: Flow, bob: TestClient,  # noqa: F811
                                               overrides: dict[str, Any], words: str) -> None:
@@ -545,6 +607,18 @@ def test_reason_and_confirmation_are_required(flow: Flow, bob: TestClient,  # no
     assert "Nothing was changed." in response.text
     # The page is the Mission page again, with the form, ready to be corrected.
     assert buttons(response.text) == ["revoke", "suspend", "complete"]
+
+
+def test_reasons_and_versions_follow_the_endpoints_rules(flow: Flow, bob: TestClient) -> None:  # noqa: F811
+    """Decision G6 in the console: CRLF becomes LF, a lone CR and a tab are kept, and an
+    expected_version of up to 18 digits is a version (here a stale one: 409)."""
+    grant = mission_for(flow, "alice")
+    changed_ok(bob, grant.mission_id, "suspend", reason="first\r\nsecond\tthird\rend")
+    assert flow.mission(grant.mission_id).lifecycle_history[-1]["reason"] == (
+        "first\nsecond\tthird\rend")
+    refused_unchanged(flow, lambda: change(bob, grant.mission_id, "resume",
+                                           expected_version="1" * 18),
+                      409, "The Mission changed or has ended")
 
 
 def test_the_form_asks_for_a_reason_and_a_confirmation(flow: Flow, bob: TestClient) -> None:  # noqa: F811
@@ -641,3 +715,46 @@ def test_an_unreadable_mission_is_shown_as_such(flow: Flow, bob: TestClient,  # 
         with flow.store.begin() as session:
             session.execute(update(Mission).where(Mission.mission_id == grant.mission_id)
                             .values(state="active"))
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda d: {k: v for k, v in d.items() if k != "rendered_at"},
+    # Deeper than the load-time check looks: the template's own strictness answers.
+    lambda d: {**d, "mission_expiry": {"granted": d["mission_expiry"]["granted"]}},
+    lambda d: "not an object",
+])
+def test_an_unreadable_consent_disclosure_is_shown_as_such(
+        flow: Flow, bob: TestClient, alice: TestClient, tamper: Any) -> None:  # noqa: F811
+    """Decision V7: a stored disclosure the page cannot render is a 409 page for an
+    administrator and the 404 for anyone else, never a 500."""
+    grant = mission_for(flow, "alice")
+    with flow.store.begin() as session:
+        original = session.scalar(select(Mission.record)
+                                  .where(Mission.mission_id == grant.mission_id))
+        tampered = {**original,
+                    "consent_disclosure": tamper(original["consent_disclosure"])}
+        session.execute(update(Mission).where(Mission.mission_id == grant.mission_id)
+                        .values(record=tampered))
+    try:
+        page = bob.get(f"/console/missions/{grant.mission_id}")
+        assert page.status_code == 409, page.text
+        assert "This Mission cannot be shown" in plain(page.text)
+        hidden = alice.get(f"/console/missions/{grant.mission_id}")
+        assert hidden.status_code == 404
+        assert hidden.text == alice.get(f"/console/missions/{UNKNOWN_ID}").text
+        # A refused change (the audit tamper check refuses events on a rewritten record)
+        # would show the page again: the same unreadable page, never a 500.
+        response = change_without_page(bob, grant.mission_id, "suspend")
+        assert response.status_code == 409, response.text
+        assert "This Mission cannot be shown" in plain(response.text)
+    finally:
+        with flow.store.begin() as session:
+            session.execute(update(Mission).where(Mission.mission_id == grant.mission_id)
+                            .values(record=original))
+    assert bob.get(f"/console/missions/{grant.mission_id}").status_code == 200
+
+
+def change_without_page(browser: TestClient, mission_id: str, operation: str) -> httpx.Response:
+    csrf = form_of(browser.get("/console/").text, "/console/sign-out").hidden
+    return browser.post(f"/console/missions/{mission_id}/lifecycle",
+                        data={**csrf, "operation": operation, "reason": "r", "confirm": "yes"})
