@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -46,6 +46,52 @@ class ConfigError(Exception):
 
 # Ten years: longer than any task an agent should hold authority for, far from overflow.
 MAX_MISSION_LIFETIME = timedelta(days=3650)
+
+
+class ResourceAuthority(BaseModel):
+    """A Resource AS of another trust domain (issuer role): ID-JAGs with ``audience`` =
+    ``issuer`` carry only the Mission's entries for ``resources`` (PROFILE.md section 11)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str
+    resources: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        check_issuer(value)
+        return value
+
+
+class TrustedOrigin(BaseModel):
+    """A Mission Issuer this Resource AS trusts (resource_as role). Its ID-JAGs are verified
+    with the keys at ``jwks_uri`` (default ``<issuer>/jwks``); the Mission's state is asked
+    of ``status_endpoint`` (default ``<issuer>/mission/status``) with HTTP Basic
+    ``status_client_id`` / ``status_client_secret``, a client the origin registered with this
+    AS's resources as its ``audiences``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str
+    jwks_uri: str = ""
+    status_endpoint: str = ""
+    status_client_id: str
+    status_client_secret: str = Field(repr=False)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        check_issuer(value)
+        return value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> TrustedOrigin:
+        if not self.jwks_uri:
+            object.__setattr__(self, "jwks_uri", f"{self.issuer}/jwks")
+        if not self.status_endpoint:
+            object.__setattr__(self, "status_endpoint", f"{self.issuer}/mission/status")
+        return self
 
 
 class Settings(BaseSettings):
@@ -127,8 +173,33 @@ class Settings(BaseSettings):
         "again, even with no change notification; 0 turns the cache off.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    role: Literal["issuer"] = Field(
-        default="issuer", description="What this process is; 'resource_as' comes later."
+    role: Literal["issuer", "resource_as"] = Field(
+        default="issuer",
+        description="What this process is: 'issuer' (the Mission Issuer, the origin of "
+        "Missions) or 'resource_as' (a Resource AS of another trust domain that redeems the "
+        "origins' ID-JAGs and never holds a Mission itself; docs/cross-domain.md).",
+    )
+    resource_authorities: tuple[ResourceAuthority, ...] = Field(
+        default=(),
+        description="Issuer role: the Resource ASes of other trust domains this AS issues "
+        "ID-JAGs for, each with the resources it is authoritative for (docs/cross-domain.md).",
+    )
+    trusted_origins: tuple[TrustedOrigin, ...] = Field(
+        default=(),
+        description="Resource AS role: the Mission Issuers whose ID-JAGs this AS redeems, "
+        "with how to reach their keys and their Mission Status endpoint.",
+    )
+    id_jag_lifetime_seconds: int = Field(
+        default=300, ge=10, le=300,
+        description="Lifetime of an ID-JAG (never past mission_expiry; PROFILE.md 11).",
+    )
+    txn_token_lifetime_seconds: int = Field(
+        default=60, ge=1, le=300,
+        description="Lifetime of a Transaction Token (never past its subject token's exp).",
+    )
+    txn_token_trust_domain: str = Field(
+        default="",
+        description="The trust domain named in Transaction Tokens' aud. Empty: the issuer.",
     )
 
     @classmethod
@@ -151,7 +222,8 @@ class Settings(BaseSettings):
         "port", "mission_intent_max_size", "consent_window_seconds", "max_request_body_size",
         "expiry_sweep_seconds", "max_mission_lifetime", "mission_status_lifetime_seconds",
         "signals_delivery_seconds", "signals_push_timeout_seconds", "signals_max_backoff_seconds",
-        "mission_cache_max_age_seconds", mode="before",
+        "mission_cache_max_age_seconds", "id_jag_lifetime_seconds", "txn_token_lifetime_seconds",
+        mode="before",
     )
     @classmethod
     def _no_booleans(cls, value: Any) -> Any:
@@ -207,7 +279,22 @@ class Settings(BaseSettings):
             object.__setattr__(self, "issuer", f"http://{_url_host(self.host)}:{self.port}")
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'missionbound.db'}")
+        if not self.txn_token_trust_domain:
+            object.__setattr__(self, "txn_token_trust_domain", self.issuer)
+        if self.role == "resource_as" and self.resource_authorities:
+            raise ValueError("resource_authorities is an issuer setting; a resource_as "
+                             "never issues ID-JAGs")
+        if self.role == "issuer" and self.trusted_origins:
+            raise ValueError("trusted_origins is a resource_as setting (role = 'resource_as')")
         return self
+
+    def resource_authority(self, issuer: str) -> ResourceAuthority | None:
+        """The configured Resource AS whose issuer identifier is ``issuer`` (byte-equal)."""
+        return next((ra for ra in self.resource_authorities if ra.issuer == issuer), None)
+
+    def trusted_origin(self, issuer: str) -> TrustedOrigin | None:
+        """The configured origin whose issuer identifier is ``issuer`` (byte-equal)."""
+        return next((o for o in self.trusted_origins if o.issuer == issuer), None)
 
     @property
     def is_sqlite(self) -> bool:

@@ -23,8 +23,17 @@ from missionbound.tenant import SecretHash, Tenant
 # RFC 8252 section 8.3: loopback IP literals, never "localhost".
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1"})
 
-# The grants this AS implements (PROFILE.md section 8); a client may be limited to fewer.
-SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token")
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # RFC 8693
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 section 2.1
+
+# The grants the issuer role implements (PROFILE.md sections 8 and 9); a client may be
+# limited to fewer. Token exchange covers delegation, ID-JAGs and Transaction Tokens.
+SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", TOKEN_EXCHANGE)
+# The grants of the resource_as role (PROFILE.md section 11): ID-JAG redemption, and
+# Transaction Tokens for its local tokens.
+RESOURCE_AS_GRANT_TYPES = (JWT_BEARER, TOKEN_EXCHANGE)
+# A configured client without grant_types may use every grant its server's role serves.
+CONFIGURED_GRANT_TYPES = (*SUPPORTED_GRANT_TYPES, JWT_BEARER)
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,7 @@ def from_configured(client: ConfiguredClient) -> OAuthClient:
         client_name=client.client_name,
         auth_methods=tuple(client.token_endpoint_auth_methods),
         redirect_uris=tuple(client.redirect_uris),
-        grant_types=tuple(metadata.get("grant_types", SUPPORTED_GRANT_TYPES)),
+        grant_types=tuple(metadata.get("grant_types", CONFIGURED_GRANT_TYPES)),
         ceiling=ClientCeiling(client.client_id, client.mission_resources),
         purposes=client.mission_purposes_registered,
         secret=client.secret_hash,

@@ -27,8 +27,13 @@ from missionbound.issuer.client_auth import PrivateKeyJWT
 from missionbound.issuer.clients import ClientDirectory, OAuthClient
 from missionbound.issuer.dpop import issue_nonce
 from missionbound.issuer.issuance import anchors_of
+from missionbound.issuer.jwt_bearer import IdJagBearerGrant
 from missionbound.issuer.keys import SignerKey, signing_key
 from missionbound.issuer.refresh_token import MissionRefreshTokenGrant
+from missionbound.issuer.token_exchange import (
+    MissionTokenExchangeGrant,
+    ResourceASTokenExchangeGrant,
+)
 from missionbound.mission.errors import MissionError
 from missionbound.mission.lifecycle import LifecyclePolicy
 from missionbound.store import missions
@@ -104,6 +109,8 @@ class OAuthRequest(OAuth2Request):  # type: ignore[misc]
         self.refusal: dict[str, Any] | None = None
         # The key this request signs with, read before its transaction opens (see run).
         self.signing_key: SignerKey | None = None
+        # A token exchange's parameters (issuer/token_exchange.py), once checked.
+        self.exchange: Any = None
 
     @property
     def form(self) -> dict[str, str]:
@@ -171,8 +178,15 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
         self._signer: tuple[float, SignerKey] | None = None
         self._signer_lock = threading.Lock()
         self._secrets: dict[str, bytes] = {}
-        self.register_grant(MissionAuthorizationCodeGrant, [S256Only(required=True)])
-        self.register_grant(MissionRefreshTokenGrant)
+        if settings.role == "resource_as":
+            # A Resource AS holds no Mission: it redeems origins' ID-JAGs (RFC 7523) and
+            # issues Transaction Tokens for its own local tokens (docs/cross-domain.md).
+            self.register_grant(IdJagBearerGrant)
+            self.register_grant(ResourceASTokenExchangeGrant)
+        else:
+            self.register_grant(MissionAuthorizationCodeGrant, [S256Only(required=True)])
+            self.register_grant(MissionRefreshTokenGrant)
+            self.register_grant(MissionTokenExchangeGrant)
         self.register_client_auth_method(
             "private_key_jwt",
             PrivateKeyJWT(

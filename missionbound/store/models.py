@@ -191,7 +191,9 @@ class IssuedToken(Base):
     __tablename__ = "issued_tokens"
 
     jti: Mapped[str] = mapped_column(ID, primary_key=True)
-    mission_id: Mapped[str] = mapped_column(MISSION_ID, _mission_fk(), index=True)
+    # No foreign key: a Resource AS records local tokens of Missions held by their origin
+    # (migration 0003). The issuer writes a row only under the gate's lock on its Mission.
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, index=True)
     client_id: Mapped[str] = mapped_column(ID)
     kind: Mapped[str] = mapped_column(String(32))
     # A string or an array, exactly as the token's "aud" claim.
@@ -203,6 +205,21 @@ class IssuedToken(Base):
     # The grant it came from (its refresh token family): a replayed code or refresh token
     # revokes every token of that grant (RFC 6749 section 4.1.2, PROFILE.md section 8).
     grant_id: Mapped[str | None] = mapped_column(ID, index=True)
+
+
+class RemoteMission(Base):
+    """Resource AS role: the last state an origin's signed Mission Status reported for one
+    of its Missions (docs/cross-domain.md). Never a Mission record: the origin alone holds
+    that. Updated only forward by ``version``, so an older answer never regresses it."""
+
+    __tablename__ = "remote_missions"
+
+    origin: Mapped[str] = mapped_column(ID, primary_key=True)
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, primary_key=True)
+    state: Mapped[str] = mapped_column(STATE)
+    version: Mapped[int] = mapped_column(Integer)
+    mission_expiry: Mapped[datetime | None]
+    checked_at: Mapped[datetime]
 
 
 class ServerSecret(Base):

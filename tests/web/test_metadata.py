@@ -39,7 +39,8 @@ async def test_metadata_names_the_configured_issuer_and_mission_members(
     assert "ES256" in metadata["dpop_signing_alg_values_supported"]
     assert "none" not in metadata["dpop_signing_alg_values_supported"]
     assert metadata["response_types_supported"] == ["code"]
-    assert set(metadata["grant_types_supported"]) == {"authorization_code", "refresh_token"}
+    assert set(metadata["grant_types_supported"]) == {
+        "authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:token-exchange"}
 
 
 async def test_metadata_names_the_token_management_endpoints(client: httpx.AsyncClient) -> None:

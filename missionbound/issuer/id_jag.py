@@ -1,0 +1,9 @@
+"""GROUNDWORK: replaced by the helper that owns this module (see /work/plan/issue5.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def issue_id_jag(grant: Any, exchange: Any) -> Any:
+    raise NotImplementedError
