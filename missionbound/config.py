@@ -406,10 +406,14 @@ def load_settings(**overrides: Any) -> Settings:
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False):
-        field = ".".join(str(part) for part in error["loc"])
+        location = error["loc"]
         message = error["msg"].removeprefix("Value error, ")
+        field = str(location[0]) if location else ""
         if field in Settings.model_fields:
-            lines.append(f"invalid setting {field} ({ENV_PREFIX}{field.upper()}): {message}")
+            # A member of a table array reads as trusted_origins[0].status_client_id.
+            where = field + "".join(
+                f"[{part}]" if isinstance(part, int) else f".{part}" for part in location[1:])
+            lines.append(f"invalid setting {where} ({ENV_PREFIX}{field.upper()}): {message}")
         else:
             lines.append(f"invalid settings: {message}")
     return "; ".join(lines)

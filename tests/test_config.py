@@ -400,3 +400,78 @@ def test_settings_are_immutable() -> None:
     settings: Settings = load_settings()
     with pytest.raises(ValueError):
         settings.port = 1  # type: ignore[misc]
+
+
+# -- cross-domain settings (docs/cross-domain.md, docs/resource-as.md) ----------------------
+
+
+def test_resource_authorities_are_read_from_the_file(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.toml", """
+        issuer = "https://origin.example"
+
+        [[resource_authorities]]
+        issuer = "https://ras.partner.example"
+        resources = ["https://api.partner.example/ledger"]
+    """)
+    settings = load_settings(config_file=config)
+    authority = settings.resource_authority("https://ras.partner.example")
+    assert authority is not None
+    assert authority.resources == ("https://api.partner.example/ledger",)
+    # Issuer identifiers compare byte for byte (RFC 8414 section 3.3).
+    assert settings.resource_authority("https://ras.partner.example/") is None
+    assert settings.txn_token_trust_domain == "https://origin.example"
+
+
+def test_a_trusted_origin_gets_its_default_endpoints(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.toml", """
+        role = "resource_as"
+
+        [[trusted_origins]]
+        issuer = "https://origin.example"
+        status_client_id = "partner-ras"
+        status_client_secret = "a-long-secret-for-the-status-endpoint"
+    """)
+    origin = load_settings(config_file=config).trusted_origin("https://origin.example")
+    assert origin is not None
+    assert origin.jwks_uri == "https://origin.example/jwks"
+    assert origin.status_endpoint == "https://origin.example/mission/status"
+    # The secret never shows in a repr (logs, tracebacks).
+    assert "a-long-secret" not in repr(origin)
+
+
+def test_trusted_origins_come_from_the_environment_as_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MISSIONBOUND_ROLE", "resource_as")
+    monkeypatch.setenv(
+        "MISSIONBOUND_TRUSTED_ORIGINS",
+        '[{"issuer": "https://origin.example", "status_client_id": "ras",'
+        ' "status_client_secret": "s3cret-s3cret"}]',
+    )
+    settings = load_settings()
+    assert settings.role == "resource_as"
+    assert [origin.issuer for origin in settings.trusted_origins] == ["https://origin.example"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[trusted_origins]]\nissuer = "https://o.example"\nstatus_client_id = "a"\n'
+         'status_client_secret = "b"\n', "resource_as setting"),
+        ('role = "resource_as"\n[[resource_authorities]]\nissuer = "https://r.example"\n'
+         'resources = ["https://r.example/api"]\n', "issuer setting"),
+        ('[[resource_authorities]]\nissuer = "https://r.example/"\n'
+         'resources = ["https://r.example/api"]\n', "must not end with"),
+        ('[[resource_authorities]]\nissuer = "https://r.example"\nresources = []\n',
+         "resource_authorities"),
+        ('[[resource_authorities]]\nissuer = "https://r.example"\nresources = ["x"]\n'
+         'audience = "typo"\n', "resource_authorities"),
+        ('role = "resource_as"\n[[trusted_origins]]\nissuer = "https://o.example"\n',
+         "trusted_origins"),
+        ('role = "gateway"\n', "role"),
+    ],
+)
+def test_cross_domain_mistakes_are_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    config = write(tmp_path / "c.toml", text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config_file=config)
