@@ -60,7 +60,15 @@ def replica_suite() -> list[Bench]:
     return replica_benches()
 
 
-ALL_SUITES = {**SUITES, "issuance": issuance_suite, "replicas": replica_suite}
+def cross_domain_suite() -> list[Bench]:
+    # Token exchange at the origin: ID-JAG issuance and delegation (docs/cross-domain.md).
+    from cross_domain_suites import cross_domain_benches
+
+    return cross_domain_benches()
+
+
+ALL_SUITES = {**SUITES, "issuance": issuance_suite, "replicas": replica_suite,
+              "cross-domain": cross_domain_suite}
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from authlib.oauth2.rfc6749 import InvalidRequestError
+from authlib.oauth2.rfc6749 import InvalidRequestError, UnauthorizedClientError
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
 
 from missionbound.issuer.client_auth import CONFIDENTIAL_AUTH_METHODS
@@ -135,7 +135,11 @@ class MissionTokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[
 
     def validate_token_request(self) -> None:
         request = self.request
-        client = self._validate_request_client()
+        # Authlib's _validate_request_client lives on its code and refresh grants only.
+        client = self.authenticate_token_endpoint_client()
+        if not client.check_grant_type(self.GRANT_TYPE):
+            raise UnauthorizedClientError(
+                f"The client is not authorized to use 'grant_type={self.GRANT_TYPE}'")
         request.client = client
         request.refusal = {"event": "token.refused", "client_id": client.client_id}
         request.exchange = parse_exchange_request(request)
