@@ -284,6 +284,10 @@ class Settings(BaseSettings):
         if self.role == "resource_as" and self.resource_authorities:
             raise ValueError("resource_authorities is an issuer setting; a resource_as "
                              "never issues ID-JAGs")
+        if self.role == "resource_as" and not self.trusted_origins:
+            raise ValueError("role = 'resource_as' needs at least one [[trusted_origins]] "
+                             "entry: the Mission Issuers whose ID-JAGs this AS redeems "
+                             "(docs/resource-as.md)")
         if self.role == "issuer" and self.trusted_origins:
             raise ValueError("trusted_origins is a resource_as setting (role = 'resource_as')")
         return self

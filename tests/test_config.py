@@ -469,6 +469,7 @@ def test_trusted_origins_come_from_the_environment_as_json(
         ('role = "resource_as"\n[[trusted_origins]]\nissuer = "https://o.example"\n',
          "trusted_origins"),
         ('role = "gateway"\n', "role"),
+        ('role = "resource_as"\n', "needs at least one"),
     ],
 )
 def test_cross_domain_mistakes_are_config_errors(tmp_path: Path, text: str, message: str) -> None:

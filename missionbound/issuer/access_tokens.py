@@ -74,13 +74,23 @@ def mint_access_token(
         claims["cnf"] = {"jkt": jkt}
     if act is not None:
         claims["act"] = act
+    return sign_access_token(signer, claims, now)
+
+
+def sign_access_token(signer: SignerKey, claims: dict[str, Any], now: datetime) -> MintedToken:
+    """Sign ``claims`` as an RFC 9068 access token (``typ: at+jwt``) with the AS's key.
+
+    The lower half of :func:`mint_access_token`, for tokens whose claims do not come from a
+    Mission record of this AS: a Resource AS's local tokens (issuer/jwt_bearer.py) carry
+    the origin's ``mission`` claim verbatim. ``claims`` must hold ``jti``, ``exp``, ``aud``
+    and ``authorization_details``."""
     header = signer.protected_header(typ=ACCESS_TOKEN_TYPE)
     value = jwt.encode(header, claims, signer.key, registry=signer.registry)
     return MintedToken(
         value=value,
-        jti=jti,
+        jti=claims["jti"],
         claims=claims,
         expires_at=datetime.fromtimestamp(claims["exp"], now.tzinfo),
-        audience=audience,
-        authorization_details=entries,
+        audience=claims["aud"],
+        authorization_details=claims["authorization_details"],
     )

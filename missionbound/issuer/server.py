@@ -318,14 +318,21 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
             mission = None
             if mission_exists(session, context.get("mission_id")):
                 mission = missions.get(session, context["mission_id"])
+            data = {name: wire[name] for name in sorted(wire) if name != "error_description"}
+            data["error_description"] = str(wire.get("error_description", ""))[:500]
+            # A Resource AS holds no Mission: a refused redemption of a verified ID-JAG
+            # names the origin's Mission and the origin (issuer/jwt_bearer.py).
+            mission_id = mission.mission_id if mission is not None else None
+            if mission is None and isinstance(context.get("remote_mission_id"), str):
+                mission_id = context["remote_mission_id"]
+                data["origin"] = context.get("origin")
             audit.append(
                 session,
                 event=context["event"],
-                mission_id=mission.mission_id if mission is not None else None,
+                mission_id=mission_id,
                 actor={"client_id": context.get("client_id")},
                 anchors=anchors_of(mission) if mission is not None else None,
                 policy_version=mission.policy_version if mission is not None else None,
-                data={name: wire[name] for name in sorted(wire) if name != "error_description"}
-                | {"error_description": str(wire.get("error_description", ""))[:500]},
+                data=data,
                 at=request.now,
             )

@@ -1,5 +1,12 @@
 """The application factory. Everything the app needs arrives as an argument and lives in
-``app.state``; two apps in one process (tests, a replica pair) share nothing."""
+``app.state``; two apps in one process (tests, a replica pair) share nothing.
+
+The app serves what its ``role`` is. The Mission Issuer (``issuer``) serves everything. A
+Resource AS (``resource_as``: PROFILE.md section 11, docs/resource-as.md) holds no Mission
+and serves only ``/token``, ``/jwks``, ``/introspect``, ``/revoke``, ``/healthz`` and its
+metadata: no PAR, authorization, consent, sign-in, console, Mission governance, Shared
+Signals or registration.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +16,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from importlib.metadata import version
+from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from missionbound.config import Settings
 from missionbound.issuer.server import MissionIssuer
 from missionbound.issuer.signal_dispatcher import build_dispatcher
+from missionbound.issuer.trusted_origins import TrustedOrigins, attach_trusted_origins
 from missionbound.mission.lifecycle import LifecyclePolicy
 from missionbound.store.change_feed import ChangeFeed
 from missionbound.store.engine import create_engine_for
@@ -30,6 +40,7 @@ from missionbound.web import (
     jwks,
     metadata,
     oauth,
+    resource_as,
     ssf,
     token_management,
 )
@@ -40,17 +51,25 @@ from missionbound.web.pages import mount_static
 
 
 def create_app(
-    settings: Settings, *, tenant: Tenant | None = None, engine: Engine | None = None
+    settings: Settings,
+    *,
+    tenant: Tenant | None = None,
+    engine: Engine | None = None,
+    http_client: httpx.Client | None = None,
 ) -> FastAPI:
     """Build the HTTP application.
 
     ``tenant`` defaults to :func:`~missionbound.tenant.load_tenant` of ``settings``; ``engine``
     to a new engine for ``settings.database_url``, disposed when the app shuts down (an engine
     passed in belongs to the caller). Migrations are the caller's job (``serve`` runs them).
+    ``http_client`` (resource_as role) is what calls the trusted origins; by default one of
+    the app's own, bounded by ``trusted_origins.ORIGIN_TIMEOUT`` and closed at shutdown.
     """
     tenant = tenant if tenant is not None else load_tenant(settings)
     owns_engine = engine is None
     db = engine if engine is not None else create_engine_for(settings.database_url)
+    if settings.role == "resource_as":
+        return _resource_as_app(settings, tenant, db, owns_engine, http_client)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -77,14 +96,7 @@ def create_app(
             if owns_engine:
                 db.dispose()
 
-    app = FastAPI(
-        title="missionbound",
-        summary="Mission-Bound OAuth: Authorization Server, PDP and enforcement points",
-        version=version("missionbound"),
-        lifespan=lifespan,
-        docs_url="/docs",
-        redoc_url=None,
-    )
+    app = _new_app(lifespan)
     app.state.settings = settings
     app.state.tenant = tenant
     app.state.engine = db
@@ -99,10 +111,7 @@ def create_app(
     dispatcher = app.state.signal_dispatcher
     app.state.change_feed.subscribe(lambda _mission, _version: dispatcher.wake())
 
-    install_error_handlers(app)
-    # add_middleware stacks outward: the request log wraps the body limit, so it sees 413s too.
-    app.add_middleware(BodySizeLimitMiddleware, max_body_size=settings.max_request_body_size)
-    app.add_middleware(RequestLogMiddleware)
+    _install_middleware(app, settings)
     app.include_router(health.router)
     app.include_router(metadata.router)
     app.include_router(jwks.router)
@@ -114,3 +123,54 @@ def create_app(
     app.include_router(ssf.router)
     mount_static(app)
     return app
+
+
+def _resource_as_app(settings: Settings, tenant: Tenant, db: Engine, owns_engine: bool,
+                     http_client: httpx.Client | None) -> FastAPI:
+    """The resource_as role: no Mission of its own, so no expiry sweep, change feed, Mission
+    cache or Shared Signals; the trusted origins' keys and status client instead."""
+    origins = TrustedOrigins.from_settings(settings, client=http_client)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            origins.close()
+            if owns_engine:
+                db.dispose()
+
+    app = _new_app(lifespan)
+    app.state.settings = settings
+    app.state.tenant = tenant
+    app.state.engine = db
+    app.state.issuer = MissionIssuer(settings=settings, tenant=tenant, store=Store(db))
+    app.state.trusted_origins = origins
+    attach_trusted_origins(app.state.issuer, origins)
+    resource_as.register_resource_as_endpoints(app.state.issuer)
+
+    _install_middleware(app, settings)
+    app.include_router(health.router)
+    app.include_router(metadata.router)
+    app.include_router(jwks.router)
+    app.include_router(resource_as.router)
+    app.include_router(resource_as.token_management_router())
+    return app
+
+
+def _new_app(lifespan: Any) -> FastAPI:
+    return FastAPI(
+        title="missionbound",
+        summary="Mission-Bound OAuth: Authorization Server, PDP and enforcement points",
+        version=version("missionbound"),
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+
+
+def _install_middleware(app: FastAPI, settings: Settings) -> None:
+    install_error_handlers(app)
+    # add_middleware stacks outward: the request log wraps the body limit, so it sees 413s too.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_size=settings.max_request_body_size)
+    app.add_middleware(RequestLogMiddleware)

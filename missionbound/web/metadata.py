@@ -2,6 +2,9 @@
 
 Only what this build really does is advertised: no endpoint that does not exist, and no
 Conformance Ladder level before the surfaces that meet it are in place (PROFILE.md section 2).
+A Resource AS (``role = "resource_as"``) publishes what it is: its token endpoint for
+ID-JAG redemption and Transaction Tokens, its keys, introspection and revocation; no
+Mission endpoints, since it holds no Mission (PROFILE.md section 11, docs/resource-as.md).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from missionbound.issuer.client_auth import (
     CLIENT_AUTH_METHODS,
     CONFIDENTIAL_AUTH_METHODS,
 )
-from missionbound.issuer.clients import SUPPORTED_GRANT_TYPES
+from missionbound.issuer.clients import RESOURCE_AS_GRANT_TYPES, SUPPORTED_GRANT_TYPES
 from missionbound.issuer.governance_callers import BROWSER_SESSION
 from missionbound.issuer.keys import SigningAlgorithm
 from missionbound.issuer.lifecycle import LIFECYCLE_METHODS, OPERATION_NAMES
@@ -31,6 +34,8 @@ WELL_KNOWN_PATH = "/.well-known/oauth-authorization-server"
 
 
 def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
+    if settings.role == "resource_as":
+        return resource_as_metadata(settings)
     base = settings.issuer.rstrip("/")
     metadata: dict[str, Any] = {
         "issuer": settings.issuer,
@@ -92,6 +97,38 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         # RFC 7591 (missionbound.issuer.registration): open registration.
         metadata["registration_endpoint"] = f"{base}/register"
     return metadata
+
+
+def resource_as_metadata(settings: Settings) -> dict[str, Any]:
+    """RFC 8414 metadata of a Resource AS: no authorization endpoint (its grants come from
+    the origins), no Mission endpoints (it never reports a Mission's state)."""
+    base = settings.issuer.rstrip("/")
+    return {
+        "issuer": settings.issuer,
+        "token_endpoint": f"{base}/token",
+        "jwks_uri": f"{base}/jwks",
+        # RFC 8414 section 2 requires the member; this AS has no authorization endpoint.
+        "response_types_supported": [],
+        # RFC 7523 (ID-JAG redemption) and RFC 8693 (Transaction Tokens).
+        "grant_types_supported": list(RESOURCE_AS_GRANT_TYPES),
+        # Every grant here names its client by the client's own credentials.
+        "token_endpoint_auth_methods_supported": list(CONFIDENTIAL_AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
+        "introspection_endpoint": f"{base}/introspect",
+        "introspection_endpoint_auth_methods_supported": list(CONFIDENTIAL_AUTH_METHODS),
+        "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
+        "revocation_endpoint": f"{base}/revoke",
+        "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
+        # RFC 9449: local tokens are always DPoP-bound (issuance digest 6.6).
+        "dpop_signing_alg_values_supported": list(SUPPORTED_ALGS),
+        "authorization_details_types_supported": ["mission_resource_access"],
+        # A consumer that checks nothing but a local token relies on it until it expires.
+        "mission_max_stale_seconds": int(ACCESS_TOKEN_LIFETIME.total_seconds()),
+        # PROFILE.md section 2: Level 2, a Mission-aware Resource AS.
+        "mission_ladder_levels_supported": [2],
+        "mission_bound_authorization_supported": True,
+    }
 
 
 def _ordered(methods: frozenset[str]) -> list[str]:

@@ -1,0 +1,455 @@
+"""Transaction Tokens (draft-ietf-oauth-transaction-tokens-10): verifying one inside the
+trust domain, as a workload that received it in the ``Txn-Token`` HTTP header.
+
+:func:`verify_txn_token` makes the checks of the draft's section "Txn-Token Validation" (the
+JWS signature, ``aud`` names this trust domain, not expired) and those this profile adds
+(docs/transaction-tokens.md):
+
+- a JWS in compact serialization whose header says ``typ: txntoken+jwt`` (section "JWT
+  Header"; RFC 8725 section 3.11: an access token, an ID-JAG or a SET never passes as one);
+- an asymmetric algorithm only, and only with a key of the trust domain's JWK Set named by
+  ``kid`` whose type fits the algorithm: never ``none``, never an HMAC keyed with the
+  published public key (RFC 8725 sections 2.1 and 3.1), never a key the token brings along
+  (``jwk``, ``jku``, ``x5u``, ``x5c`` are not read);
+- the claims the draft requires (``iat``, ``aud``, ``exp``, ``txn``, ``sub``, ``scope``,
+  ``req_wl``), each well-typed, ``iat`` not in the future, ``exp`` not past and not further
+  from ``iat`` than a Txn-Token lives (the draft's section "Txn-Token Lifetime": short);
+- ``tctx`` an object holding ``mission``, the Mission object of the access token the
+  Txn-Token was issued for (``{id, origin, authority_hash}``, PROFILE.md section 8), and
+  ``rctx`` an object when present.
+
+The Mission in ``tctx`` is **evidence, never authority** (issuance digest 9.3): it says
+which Mission the transaction runs under, for logs, audit joins and correlation. Nothing a
+Txn-Token says widens what a workload may do; a workload decides from its own policy and the
+token's ``scope``, and asks the Mission's issuer (introspection, Mission Status) when the
+Mission's state matters.
+
+Every refusal raises :class:`TxnTokenRejected` (wire ``invalid_token``, 401, as RFC 6750
+section 3.1 names a bad credential) with a ``reason`` code. When the key source cannot tell
+just now whether the trust domain has the key (its JWKS endpoint is down, or a refetch is
+rate-limited), :class:`~missionbound.protocol.jwks.JwksUnavailable` propagates unchanged:
+that is no verdict on the token, and the caller should answer "try again later" (503).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError, UnsupportedAlgorithmError
+from joserfc.jwa import JWSAlgModel
+from joserfc.jwk import Key
+from joserfc.jws import JWSRegistry
+
+from missionbound.mission.canonical import DIGEST_PREFIX
+from missionbound.mission.errors import MissionError
+from missionbound.mission.record import MISSION_ID
+from missionbound.protocol.jose_segments import json_object_segment
+from missionbound.protocol.jwks import KeyNotFound, KeySource
+
+# The draft's section "JWT Header" and its media type registration.
+TXN_TOKEN_TYPE = "txntoken+jwt"
+TXN_TOKEN_MEDIA_TYPE = f"application/{TXN_TOKEN_TYPE}"
+# The HTTP header a workload sends the Txn-Token in (the draft's section "Txn-Token HTTP
+# Header"; never ``Authorization``, which may carry the workload's own credential).
+TXN_TOKEN_HEADER = "Txn-Token"
+# The token type identifier of the Txn-Token request (RFC 8693 ``requested_token_type``).
+TXN_TOKEN_TYPE_URN = "urn:ietf:params:oauth:token-type:txn_token"
+
+# Asymmetric signatures only, and the key each needs: (kty, crv or None). "Ed25519" is RFC
+# 9864's fully specified name for EdDSA with Ed25519.
+_KEY_FOR_ALG: dict[str, tuple[str, str | None]] = {
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "EdDSA": ("OKP", "Ed25519"),
+    "Ed25519": ("OKP", "Ed25519"),
+    "PS256": ("RSA", None),
+    "RS256": ("RSA", None),
+}
+SUPPORTED_ALGS: tuple[str, ...] = tuple(_KEY_FOR_ALG)
+
+# A Txn-Token of this AS is a few KiB (request_details and request_context are bounded at
+# the token service); 64 KiB leaves room for RSA and other token services' claims.
+MAX_TXN_TOKEN_LENGTH = 65536
+DEFAULT_LEEWAY_SECONDS = 30
+# The AS issues Txn-Tokens for at most 300 s (txn_token_lifetime_seconds); a longer one is
+# not a Txn-Token this trust domain's service would issue.
+DEFAULT_MAX_LIFETIME_SECONDS = 300
+MAX_TXN_LENGTH = 255
+MAX_NAME_LENGTH = 1024
+
+# Reason codes of :class:`TxnTokenRejected`.
+MALFORMED = "malformed"
+WRONG_TYPE = "wrong_type"
+UNSUPPORTED_ALGORITHM = "unsupported_algorithm"
+UNKNOWN_KEY = "unknown_key"
+BAD_SIGNATURE = "bad_signature"
+WRONG_AUDIENCE = "wrong_audience"
+WRONG_ISSUER = "wrong_issuer"
+EXPIRED = "expired"
+NOT_YET_VALID = "not_yet_valid"
+TOO_LONG_LIVED = "too_long_lived"
+MISSING_CLAIM = "missing_claim"
+INVALID_CLAIM = "invalid_claim"
+INVALID_MISSION = "invalid_mission"
+REASONS = frozenset({
+    MALFORMED, WRONG_TYPE, UNSUPPORTED_ALGORITHM, UNKNOWN_KEY, BAD_SIGNATURE, WRONG_AUDIENCE,
+    WRONG_ISSUER, EXPIRED, NOT_YET_VALID, TOO_LONG_LIVED, MISSING_CLAIM, INVALID_CLAIM,
+    INVALID_MISSION,
+})
+
+# The signature part may be empty ("alg": "none"), so that such a token is refused for its
+# algorithm rather than for its shape.
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# An authority_hash: "sha-256:" + base64url (no padding) of 32 octets (mission/anchors.py).
+_AUTHORITY_HASH = re.compile(re.escape(DIGEST_PREFIX) + r"[A-Za-z0-9_-]{43}")
+
+
+class TxnTokenRejected(MissionError):
+    """The Txn-Token is refused; ``reason`` says which check failed (one of
+    :data:`REASONS`), ``description`` says it for a person. A workload answers 401
+    ``invalid_token`` (RFC 6750 section 3.1)."""
+
+    error = "invalid_token"
+    status = 401
+
+    def __init__(self, reason: str, description: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"{reason!r} is not a Txn-Token refusal reason")
+        super().__init__(description)
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"TxnTokenRejected({self.reason!r}, {self.description!r})"
+
+
+@dataclass(frozen=True)
+class MissionEvidence:
+    """The ``mission`` object a Txn-Token carries in ``tctx``: which Mission the transaction
+    runs under (PROFILE.md section 8). Evidence for logs and audit, never authority."""
+
+    id: str
+    origin: str
+    authority_hash: str
+
+
+@dataclass(frozen=True)
+class TxnToken:
+    """A verified Txn-Token. ``claims`` is the whole claim set (the draft: recipients ignore
+    claims they do not understand); the other members are its checked claims."""
+
+    txn: str
+    sub: str
+    scope: tuple[str, ...]
+    aud: str
+    req_wl: str
+    iat: float
+    exp: float
+    mission: MissionEvidence
+    tctx: Mapping[str, Any]
+    rctx: Mapping[str, Any]
+    iss: str | None
+    claims: Mapping[str, Any] = field(repr=False)
+
+    def has_scope(self, value: str) -> bool:
+        """Whether ``scope`` names ``value`` (scope values are case-sensitive, RFC 6749
+        section 3.3)."""
+        return value in self.scope
+
+
+class _TxnTokenRegistry(JWSRegistry):
+    """joserfc's JWS registry narrowed to :data:`SUPPORTED_ALGS`, sized for Txn-Tokens."""
+
+    max_header_length = MAX_TXN_TOKEN_LENGTH
+    max_payload_length = MAX_TXN_TOKEN_LENGTH
+
+    def get_alg(self, name: str) -> JWSAlgModel:
+        if name not in SUPPORTED_ALGS:
+            raise UnsupportedAlgorithmError(f"Algorithm of '{name}' is not allowed")
+        # joserfc warns on every use of "EdDSA" (RFC 9864 prefers "Ed25519"); the AS signs
+        # with it on purpose, so skip the per-token warning.
+        return self.algorithms[name]
+
+
+# strict_check_header off: RFC 7515 lets a header carry parameters we do not read.
+_REGISTRY = _TxnTokenRegistry(algorithms=SUPPORTED_ALGS, strict_check_header=False)
+
+
+def is_txn_token_type(value: Any) -> bool:
+    """Whether a JOSE ``typ`` names a Txn-Token: ``txntoken+jwt`` or its full media type
+    ``application/txntoken+jwt`` (RFC 7515 section 4.1.9: the ``application/`` prefix may be
+    left out, and media types compare case-insensitively). Nothing else: not ``JWT``, not
+    ``at+jwt``, not a missing ``typ``."""
+    return isinstance(value, str) and value.lower() in (TXN_TOKEN_TYPE, TXN_TOKEN_MEDIA_TYPE)
+
+
+def verify_txn_token(
+    value: str,
+    *,
+    keys: KeySource,
+    trust_domain: str,
+    now: datetime | None = None,
+    leeway: float = DEFAULT_LEEWAY_SECONDS,
+    issuer: str | None = None,
+    max_lifetime_seconds: float = DEFAULT_MAX_LIFETIME_SECONDS,
+) -> TxnToken:
+    """The checked Txn-Token ``value``; raises :class:`TxnTokenRejected` otherwise.
+
+    ``keys`` holds the trust domain's token service keys
+    (:class:`~missionbound.protocol.jwks.JwksCache` on the AS's ``/jwks``, or
+    :class:`~missionbound.protocol.jwks.StaticKeys`). ``trust_domain`` must be ``aud``
+    exactly. ``leeway`` (seconds) absorbs clock differences for ``exp``, ``iat`` and
+    ``nbf``. ``issuer``, when given, must be ``iss`` (the draft makes ``iss`` optional; this
+    AS sets it). ``now`` defaults to the current time.
+
+    May also raise :class:`~missionbound.protocol.jwks.JwksUnavailable` (see the module
+    documentation).
+    """
+    if now is None:
+        now = datetime.now(UTC)
+    elif now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    if leeway < 0 or max_lifetime_seconds <= 0:
+        raise ValueError("leeway must not be negative, max_lifetime_seconds must be positive")
+    if not trust_domain:
+        raise ValueError("trust_domain is required: a Txn-Token is valid in one trust domain")
+
+    header, claims = _decode(value)
+    alg, kid = _check_header(header)
+    key = _key(keys, kid, alg)
+    _check_signature(value, key, alg)
+    aud = _check_audience(claims, trust_domain)
+    iss = _check_issuer(claims, issuer)
+    iat, exp = _check_times(claims, now.timestamp(), leeway, max_lifetime_seconds)
+    txn = _string_claim(claims, "txn", MAX_TXN_LENGTH)
+    sub = _string_claim(claims, "sub", MAX_NAME_LENGTH)
+    req_wl = _string_claim(claims, "req_wl", MAX_NAME_LENGTH)
+    scope = _check_scope(claims)
+    tctx = _object_claim(claims, "tctx", required=True)
+    rctx = _object_claim(claims, "rctx", required=False)
+    mission = _check_mission(tctx)
+    return TxnToken(txn=txn, sub=sub, scope=scope, aud=aud, req_wl=req_wl, iat=iat, exp=exp,
+                    mission=mission, tctx=tctx, rctx=rctx, iss=iss, claims=claims)
+
+
+# -- checks ----------------------------------------------------------------------------------
+
+
+def _malformed(description: str) -> TxnTokenRejected:
+    return TxnTokenRejected(MALFORMED, description)
+
+
+def _decode(value: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not isinstance(value, str):
+        raise _malformed("a Txn-Token is text: a JWS in compact serialization")
+    if len(value) > MAX_TXN_TOKEN_LENGTH:
+        raise _malformed(
+            f"the Txn-Token is {len(value)} characters; the limit is {MAX_TXN_TOKEN_LENGTH}")
+    if not _COMPACT_JWS.fullmatch(value):
+        raise _malformed("the Txn-Token is not a JWS in compact serialization: three "
+                         "base64url parts joined by '.' (RFC 7515 section 7.1)")
+    header_segment, payload_segment, _ = value.split(".")
+    return (
+        json_object_segment(header_segment, "the Txn-Token header", _malformed,
+                            max_name_length=100),
+        json_object_segment(payload_segment, "the Txn-Token claims", _malformed,
+                            max_name_length=100),
+    )
+
+
+def _check_header(header: dict[str, Any]) -> tuple[str, str]:
+    if not is_txn_token_type(header.get("typ")):
+        raise TxnTokenRejected(
+            WRONG_TYPE, f'the header "typ" must be "{TXN_TOKEN_TYPE}" (a Txn-Token, '
+            "draft-ietf-oauth-transaction-tokens section 'JWT Header')")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or not alg:
+        raise _malformed('the Txn-Token header lacks "alg"')
+    if alg not in SUPPORTED_ALGS:
+        raise TxnTokenRejected(
+            UNSUPPORTED_ALGORITHM,
+            f"the Txn-Token is signed with {alg[:40]!r}; only the asymmetric algorithms "
+            f"{', '.join(SUPPORTED_ALGS)} are accepted")
+    # A "crit" extension is not understood (RFC 7515 section 4.1.11), and "b64" (RFC 7797)
+    # would change what the signature covers.
+    if "crit" in header or "b64" in header:
+        raise _malformed('the Txn-Token header must not use the "crit" or "b64" extensions')
+    # The key comes from the trust domain's JWK Set by "kid" alone: "jwk", "jku", "x5u" or
+    # "x5c" in the header are never read, so a token cannot bring its own key.
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise _malformed('the Txn-Token header lacks "kid", the key of the trust domain\'s '
+                         "JWK Set that signed it")
+    return alg, kid
+
+
+def _key(keys: KeySource, kid: str, alg: str) -> Key:
+    try:
+        key = keys.key_for(kid)
+    except KeyNotFound as exc:
+        raise TxnTokenRejected(
+            UNKNOWN_KEY, f"the trust domain's JWK Set has no key {kid[:100]!r}") from exc
+    kty, crv = _KEY_FOR_ALG[alg]
+    if key.key_type != kty or (crv is not None and key.get("crv") != crv):
+        raise TxnTokenRejected(
+            UNSUPPORTED_ALGORITHM, f"the key {kid[:100]!r} cannot make {alg} signatures")
+    # RFC 7517 section 4.4: a key published with "alg" is for that algorithm alone.
+    if key.get("use", "sig") != "sig" or key.get("alg", alg) != alg:
+        raise TxnTokenRejected(
+            UNSUPPORTED_ALGORITHM, f"the key {kid[:100]!r} is not published for {alg}")
+    return key
+
+
+def _check_signature(value: str, key: Key, alg: str) -> None:
+    try:
+        compact = jws.extract_compact(value.encode("ascii"), registry=_REGISTRY)
+        valid = jws.validate_compact(compact, key, registry=_REGISTRY)
+    except (JoseError, ValueError, TypeError) as exc:
+        raise TxnTokenRejected(
+            BAD_SIGNATURE, f"the {alg} signature of the Txn-Token cannot be checked: {exc}"
+        ) from exc
+    if not valid:
+        raise TxnTokenRejected(
+            BAD_SIGNATURE, "the Txn-Token signature does not verify with the trust domain's key")
+
+
+def _check_audience(claims: dict[str, Any], trust_domain: str) -> str:
+    # The draft: "aud" identifies the one trust domain the token is valid in, and a
+    # Txn-Token MUST NOT be accepted outside it. A one-member array says the same (RFC 7519
+    # section 4.1.3); more members would make it valid elsewhere too.
+    if "aud" not in claims:
+        raise TxnTokenRejected(MISSING_CLAIM, 'the Txn-Token lacks "aud" (its trust domain)')
+    aud = claims["aud"]
+    if isinstance(aud, list) and len(aud) == 1:
+        aud = aud[0]
+    if not isinstance(aud, str):
+        raise TxnTokenRejected(
+            WRONG_AUDIENCE, 'the Txn-Token "aud" must name exactly one trust domain')
+    if aud != trust_domain:
+        raise TxnTokenRejected(
+            WRONG_AUDIENCE,
+            f"the Txn-Token is for the trust domain {aud[:200]!r}, not {trust_domain!r}")
+    return aud
+
+
+def _check_issuer(claims: dict[str, Any], issuer: str | None) -> str | None:
+    iss = claims.get("iss")
+    if iss is not None and not isinstance(iss, str):
+        raise TxnTokenRejected(INVALID_CLAIM, 'the Txn-Token "iss" must be a string')
+    if issuer is not None and iss != issuer:
+        raise TxnTokenRejected(
+            WRONG_ISSUER,
+            f"the Txn-Token was issued by {str(iss)[:200]!r}, not the expected {issuer!r}")
+    return iss
+
+
+def _numeric_date(claims: dict[str, Any], name: str, *, required: bool) -> float | None:
+    if name not in claims:
+        if required:
+            raise TxnTokenRejected(MISSING_CLAIM, f'the Txn-Token lacks "{name}"')
+        return None
+    value = claims[name]
+    # RFC 7519 section 2: any JSON number (a bool is not one).
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TxnTokenRejected(
+            INVALID_CLAIM, f'the Txn-Token "{name}" must be a NumericDate (seconds since the '
+            "epoch)")
+    return float(value)
+
+
+def _check_times(claims: dict[str, Any], now: float, leeway: float,
+                 max_lifetime: float) -> tuple[float, float]:
+    iat = _numeric_date(claims, "iat", required=True)
+    exp = _numeric_date(claims, "exp", required=True)
+    assert iat is not None and exp is not None  # required
+    if now >= exp + leeway:
+        raise TxnTokenRejected(EXPIRED, f"the Txn-Token expired {now - exp:.0f} s ago")
+    if iat > now + leeway:
+        raise TxnTokenRejected(
+            NOT_YET_VALID, f"the Txn-Token was issued {iat - now:.0f} s in the future")
+    nbf = _numeric_date(claims, "nbf", required=False)
+    if nbf is not None and nbf > now + leeway:
+        raise TxnTokenRejected(NOT_YET_VALID, "the Txn-Token is not valid yet (nbf)")
+    if exp <= iat:
+        raise TxnTokenRejected(INVALID_CLAIM, 'the Txn-Token "exp" is not after its "iat"')
+    if exp - iat > max_lifetime:
+        # The draft's section "Txn-Token Lifetime": short-lived, on the order of minutes.
+        raise TxnTokenRejected(
+            TOO_LONG_LIVED, f"the Txn-Token lives {exp - iat:.0f} s; at most "
+            f"{max_lifetime:.0f} s are accepted")
+    return iat, exp
+
+
+def _string_claim(claims: dict[str, Any], name: str, max_length: int) -> str:
+    if name not in claims:
+        raise TxnTokenRejected(MISSING_CLAIM, f'the Txn-Token lacks "{name}"')
+    value = claims[name]
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        raise TxnTokenRejected(
+            INVALID_CLAIM, f'the Txn-Token "{name}" must be a string of 1 to {max_length} '
+            "characters")
+    return value
+
+
+def _check_scope(claims: dict[str, Any]) -> tuple[str, ...]:
+    # RFC 8693 section 4.2: a space-separated list of scope values (RFC 6749 section 3.3).
+    raw = _string_claim(claims, "scope", 4096)
+    values = tuple(raw.split(" "))
+    if any(not value for value in values):
+        raise TxnTokenRejected(
+            INVALID_CLAIM, 'the Txn-Token "scope" must be scope values separated by single '
+            "spaces")
+    return values
+
+
+def _object_claim(claims: dict[str, Any], name: str, *, required: bool) -> dict[str, Any]:
+    if name not in claims:
+        if required:
+            raise TxnTokenRejected(MISSING_CLAIM, f'the Txn-Token lacks "{name}"')
+        return {}
+    value = claims[name]
+    if not isinstance(value, dict):
+        raise TxnTokenRejected(INVALID_CLAIM, f'the Txn-Token "{name}" must be a JSON object')
+    return value
+
+
+def _check_mission(tctx: dict[str, Any]) -> MissionEvidence:
+    """``tctx.mission``: ``{id, origin, authority_hash}`` as the access token carried it.
+    Other members are ignored (recipients ignore what they do not understand)."""
+    if "mission" not in tctx:
+        raise TxnTokenRejected(MISSING_CLAIM, 'the Txn-Token "tctx" lacks "mission"')
+    mission = tctx["mission"]
+    if not isinstance(mission, dict):
+        raise TxnTokenRejected(INVALID_MISSION, 'the Txn-Token "tctx.mission" is not an object')
+    mission_id, origin = mission.get("id"), mission.get("origin")
+    authority_hash = mission.get("authority_hash")
+    if not isinstance(mission_id, str) or not MISSION_ID.fullmatch(mission_id):
+        raise TxnTokenRejected(INVALID_MISSION, 'the "tctx.mission.id" is not a Mission id')
+    if not isinstance(origin, str) or not 0 < len(origin) <= MAX_NAME_LENGTH \
+            or not origin.startswith(("https://", "http://")):
+        raise TxnTokenRejected(
+            INVALID_MISSION, 'the "tctx.mission.origin" is not an issuer identifier (a URL)')
+    if not isinstance(authority_hash, str) or not _AUTHORITY_HASH.fullmatch(authority_hash):
+        raise TxnTokenRejected(
+            INVALID_MISSION, f'the "tctx.mission.authority_hash" is not a {DIGEST_PREFIX} '
+            "digest")
+    return MissionEvidence(id=mission_id, origin=origin, authority_hash=authority_hash)
+
+
+__all__ = [
+    "SUPPORTED_ALGS",
+    "TXN_TOKEN_HEADER",
+    "TXN_TOKEN_MEDIA_TYPE",
+    "TXN_TOKEN_TYPE",
+    "TXN_TOKEN_TYPE_URN",
+    "MissionEvidence",
+    "TxnToken",
+    "TxnTokenRejected",
+    "is_txn_token_type",
+    "verify_txn_token",
+]
