@@ -52,12 +52,19 @@ class TokenNarrowing:
         return cls(tuple(resources), scope or None, parsed)
 
     def apply(
-        self, authority_set: Sequence[dict[str, Any]], registry: ConstraintRegistry
+        self, authority_set: Sequence[dict[str, Any]], registry: ConstraintRegistry,
+        *, scope_reference: Sequence[dict[str, Any]] | None = None,
     ) -> tuple[list[dict[str, Any]], str | list[str]]:
-        """The token's entries and its ``aud``."""
+        """The token's entries and its ``aud``.
+
+        ``scope_reference`` is what decides whether a scope value is a Mission action at all
+        (default: ``authority_set``). A delegation narrows only what the delegate may
+        receive, but a scope naming an action left out of it must be refused, not ignored
+        as if it were ``openid``; so it passes the whole delegating token's entries."""
         entries = select_resources(authority_set, self.resources)
         if self.scope is not None:
-            entries = keep_scope(entries, self.scope, authority_set)
+            entries = keep_scope(entries, self.scope,
+                                 authority_set if scope_reference is None else scope_reference)
         if self.authorization_details is not None:
             entries = within(entries, self.authorization_details, registry)
         return entries, audience_of(entries)
