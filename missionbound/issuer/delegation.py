@@ -134,10 +134,11 @@ def exchange_for_delegate(grant: MissionTokenExchangeGrant,
             "aud": access.audience,
             "exp": access.claims["exp"],
             "cnf_jkt": proof.jkt,
-            # Who acts for whom: the delegate first, back to the approved agent (the
-            # Mission's client, whose own token has no act). The console shows it.
-            "act": [delegate_id, *(actor.sub for actor in chain),
-                    admitted.mission.client_id],
+            # The token's act claim, and whom the delegate acts for: the earlier delegates,
+            # then the approved agent (the Mission's client, whose own token has no act).
+            # The console's timeline shows the chain.
+            "act": act,
+            "on_behalf_of": [*(actor.sub for actor in chain), admitted.mission.client_id],
             "derivation": admitted.count,
         },
         at=now,

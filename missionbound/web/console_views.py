@@ -199,8 +199,13 @@ def actor_label(actor: Any) -> str:
 
 
 def actor_chain(actor: Any, data: Any) -> list[str]:
-    """The delegation chain behind the actor, outermost first, when the record holds one
-    (RFC 8693 ``act``, nested: each ``act`` acted for the one around it)."""
+    """The delegation chain behind the actor, outermost first, when the record holds one:
+    a delegated token's ``on_behalf_of`` (the earlier delegates, then the approved agent:
+    issuer/delegation.py), else an RFC 8693 ``act``, nested: each ``act`` acted for the one
+    around it."""
+    behalf = data.get("on_behalf_of") if isinstance(data, Mapping) else None
+    if isinstance(behalf, list) and behalf and all(isinstance(item, str) for item in behalf):
+        return [f"client {item}" for item in behalf]
     chain: list[str] = []
     for holder in (actor, data):
         current = holder.get("act") if isinstance(holder, Mapping) else None

@@ -7,7 +7,9 @@ a Resource Server."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from html import unescape
 from typing import Any
 
 import pytest
@@ -102,7 +104,8 @@ def test_a_delegate_gets_the_delegable_part_bound_to_its_own_key(flow: Flow) -> 
             .order_by(AuditRecord.seq.desc()).limit(1)).one()
     assert row is not None and subject_row is not None
     assert row.client_id == SUBAGENT[0] and row.grant_id == subject_row.grant_id
-    assert record.data["act"] == [SUBAGENT[0], AGENT[0]]
+    assert record.data["act"] == claims["act"]
+    assert record.data["on_behalf_of"] == [AGENT[0]]
     assert record.data["subject_jti"] == agent_claims["jti"]
     audit_verifies(flow.engine)
 
@@ -340,3 +343,18 @@ def test_the_resource_server_takes_only_the_delegates_key(flow: Flow) -> None:
     assert not resource_server_accepts(flow, token, proof(agent_key))
     assert not resource_server_accepts(flow, token, proof(generate_key()))
     assert claims["cnf"]["jkt"] != agent_key.thumbprint()
+
+
+# -- the console shows who acted for whom ------------------------------------------------------
+
+
+def test_the_console_timeline_shows_the_actor_chain(flow: Flow) -> None:
+    grant = agent_grant(flow)
+    first = exchange_token(flow, grant.access_token, resource=ERP)
+    exchange_token(flow, first, auth=TOOL_RUNNER)
+    page = flow.signed_in("bob").get(f"/console/missions/{grant.mission_id}")
+    assert page.status_code == 200, page.text
+    text = " ".join(unescape(re.sub(r"<[^>]+>", " ", page.text)).split())
+    assert "by client demo-subagent , acting for client demo-agent" in text
+    assert ("by client tool-runner , acting for client demo-subagent → client demo-agent"
+            in text)
