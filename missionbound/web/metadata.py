@@ -89,8 +89,9 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         # A consumer that checks nothing but the token relies on it until it expires, so
         # the bound is the access token lifetime; status and events propagate far faster.
         "mission_max_stale_seconds": int(ACCESS_TOKEN_LIFETIME.total_seconds()),
-        # PROFILE.md section 2: Level 1, Mission-bound issuance at the AS.
-        "mission_ladder_levels_supported": [1],
+        # PROFILE.md section 2: Level 1, Mission-bound issuance at the AS; Level 2, the
+        # cross-AS handoff (ID-JAGs for the configured Resource ASes, Transaction Tokens).
+        "mission_ladder_levels_supported": [1, 2],
         "mission_bound_authorization_supported": True,
     }
     if settings.registration_enabled:

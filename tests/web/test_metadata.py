@@ -28,7 +28,7 @@ async def test_metadata_names_the_configured_issuer_and_mission_members(
     assert metadata["jwks_uri"] == f"{ISSUER}/jwks"
     assert metadata["authorization_details_types_supported"] == ["mission_resource_access"]
     assert metadata["mission_intent_max_size"] == 16384
-    assert metadata["mission_ladder_levels_supported"] == [1]
+    assert metadata["mission_ladder_levels_supported"] == [1, 2]
     assert metadata["mission_bound_authorization_supported"] is True
     # Mission requests come only through PAR (PROFILE.md section 3), PKCE is S256 only
     # (section 5), authorization responses carry iss (RFC 9207).
