@@ -26,14 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from joserfc import jws
-from joserfc.errors import JoseError, UnsupportedAlgorithmError
-from joserfc.jwa import JWSAlgModel
+from joserfc.errors import JoseError
 from joserfc.jwk import Key
-from joserfc.jws import JWSRegistry
 
 from missionbound.config import Settings, TrustedOrigin
 from missionbound.mission.errors import MissionError
-from missionbound.protocol.jose_segments import json_object_segment
+from missionbound.protocol.jose_segments import AllowListRegistry, json_object_segment
 from missionbound.protocol.jwks import JwksCache, JwksUnavailable, KeyNotFound
 
 if TYPE_CHECKING:
@@ -77,21 +75,7 @@ class UntrustedToken(ValueError):
     """A definite no: the JWS is not one the origin signed as the expected document."""
 
 
-class _OriginRegistry(JWSRegistry):
-    """joserfc's JWS registry narrowed to :data:`SUPPORTED_ALGS`."""
-
-    max_header_length = MAX_ORIGIN_JWT_LENGTH
-    max_payload_length = MAX_ORIGIN_JWT_LENGTH
-
-    def get_alg(self, name: str) -> JWSAlgModel:
-        if name not in SUPPORTED_ALGS:
-            raise UnsupportedAlgorithmError(f"Algorithm of '{name}' is not allowed")
-        # joserfc warns on every use of "EdDSA" (RFC 9864 prefers "Ed25519"); our origins
-        # sign with it on purpose (issuer/keys.py), so skip the per-token warning.
-        return self.algorithms[name]
-
-
-_REGISTRY = _OriginRegistry(algorithms=list(SUPPORTED_ALGS), strict_check_header=False)
+_REGISTRY = AllowListRegistry(SUPPORTED_ALGS, max_length=MAX_ORIGIN_JWT_LENGTH)
 
 
 class TrustedOrigins:

@@ -10,6 +10,7 @@ are refused too. (Floats are JSON, so unlike :func:`missionbound.mission.canonic
 this admits them: ``iat`` may be a NumericDate with a fraction.)
 
 Each caller raises its own error: :func:`json_object_segment` builds it with ``refuse``.
+:class:`AllowListRegistry` is the signature side every such verifier shares.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from joserfc.errors import UnsupportedAlgorithmError
+from joserfc.jwa import JWSAlgModel
+from joserfc.jws import JWSRegistry
 
 
 def b64url_decode(segment: str) -> bytes:
@@ -70,3 +75,23 @@ def json_object_segment(
 
 
 __all__ = ["b64url_decode", "json_object_segment"]
+
+
+class AllowListRegistry(JWSRegistry):
+    """joserfc's JWS registry narrowed to an allow-list of algorithms (never ``none``, never
+    an HMAC a public key could be fed to) and sized for one kind of JWS.
+
+    ``strict_check_header`` is off: RFC 7515 lets a header carry parameters we do not read."""
+
+    def __init__(self, algorithms: Sequence[str], *, max_length: int) -> None:
+        super().__init__(algorithms=list(algorithms), strict_check_header=False)
+        self.permitted = frozenset(algorithms)
+        self.max_header_length = max_length
+        self.max_payload_length = max_length
+
+    def get_alg(self, name: str) -> JWSAlgModel:
+        if name not in self.permitted:
+            raise UnsupportedAlgorithmError(f"Algorithm of '{name}' is not allowed")
+        # joserfc warns on every use of "EdDSA" (RFC 9864 prefers "Ed25519"); our ASes sign
+        # with it on purpose (issuer/keys.py), so skip the per-token warning.
+        return self.algorithms[name]

@@ -36,13 +36,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from joserfc import jws
-from joserfc.errors import JoseError, UnsupportedAlgorithmError
-from joserfc.jwa import JWSAlgModel
+from joserfc.errors import JoseError
 from joserfc.jwk import Key
-from joserfc.jws import JWSRegistry
 
 from missionbound.mission.errors import MissionError, wire_text
-from missionbound.protocol.jose_segments import json_object_segment
+from missionbound.protocol.jose_segments import AllowListRegistry, json_object_segment
 from missionbound.protocol.jwks import KeyNotFound, KeySource
 
 SET_TYPE = "secevent+jwt"  # RFC 8417 section 2.3
@@ -115,22 +113,7 @@ class SetRejected(MissionError):
         return f"SetRejected({self.err!r}, {self.description!r})"
 
 
-class _SetRegistry(JWSRegistry):
-    """joserfc's JWS registry narrowed to :data:`SUPPORTED_ALGS`, sized for SETs."""
-
-    max_header_length = MAX_SET_LENGTH
-    max_payload_length = MAX_SET_LENGTH
-
-    def get_alg(self, name: str) -> JWSAlgModel:
-        if name not in SUPPORTED_ALGS:
-            raise UnsupportedAlgorithmError(f"Algorithm of '{name}' is not allowed")
-        # joserfc warns on every use of "EdDSA" (RFC 9864 prefers "Ed25519"); our AS signs
-        # with it on purpose, so skip the per-SET warning.
-        return self.algorithms[name]
-
-
-# strict_check_header off: RFC 7515 lets a header carry parameters we do not read.
-_REGISTRY = _SetRegistry(algorithms=SUPPORTED_ALGS, strict_check_header=False)
+_REGISTRY = AllowListRegistry(SUPPORTED_ALGS, max_length=MAX_SET_LENGTH)
 
 
 def is_set_type(value: Any) -> bool:

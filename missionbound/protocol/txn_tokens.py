@@ -41,15 +41,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from joserfc import jws
-from joserfc.errors import JoseError, UnsupportedAlgorithmError
-from joserfc.jwa import JWSAlgModel
+from joserfc.errors import JoseError
 from joserfc.jwk import Key
-from joserfc.jws import JWSRegistry
 
 from missionbound.mission.canonical import DIGEST_PREFIX
 from missionbound.mission.errors import MissionError
 from missionbound.mission.record import MISSION_ID
-from missionbound.protocol.jose_segments import json_object_segment
+from missionbound.protocol.jose_segments import AllowListRegistry, json_object_segment
 from missionbound.protocol.jwks import KeyNotFound, KeySource
 
 # The draft's section "JWT Header" and its media type registration.
@@ -162,22 +160,7 @@ class TxnToken:
         return value in self.scope
 
 
-class _TxnTokenRegistry(JWSRegistry):
-    """joserfc's JWS registry narrowed to :data:`SUPPORTED_ALGS`, sized for Txn-Tokens."""
-
-    max_header_length = MAX_TXN_TOKEN_LENGTH
-    max_payload_length = MAX_TXN_TOKEN_LENGTH
-
-    def get_alg(self, name: str) -> JWSAlgModel:
-        if name not in SUPPORTED_ALGS:
-            raise UnsupportedAlgorithmError(f"Algorithm of '{name}' is not allowed")
-        # joserfc warns on every use of "EdDSA" (RFC 9864 prefers "Ed25519"); the AS signs
-        # with it on purpose, so skip the per-token warning.
-        return self.algorithms[name]
-
-
-# strict_check_header off: RFC 7515 lets a header carry parameters we do not read.
-_REGISTRY = _TxnTokenRegistry(algorithms=SUPPORTED_ALGS, strict_check_header=False)
+_REGISTRY = AllowListRegistry(SUPPORTED_ALGS, max_length=MAX_TXN_TOKEN_LENGTH)
 
 
 def is_txn_token_type(value: Any) -> bool:
