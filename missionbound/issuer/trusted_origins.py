@@ -32,7 +32,14 @@ from joserfc.jwk import Key
 from missionbound.config import Settings, TrustedOrigin
 from missionbound.mission.errors import MissionError
 from missionbound.protocol.jose_segments import AllowListRegistry, json_object_segment
-from missionbound.protocol.jwks import JwksCache, JwksUnavailable, KeyNotFound
+from missionbound.protocol.jwks import (
+    SIGNATURE_ALGS,
+    JwksCache,
+    JwksUnavailable,
+    KeyNotFound,
+    UnsuitableKey,
+    signature_key,
+)
 
 if TYPE_CHECKING:
     from missionbound.issuer.server import MissionIssuer
@@ -48,16 +55,8 @@ JWKS_MIN_REFRESH_SECONDS = 5.0
 # A JWS an origin sends us: an ID-JAG or a Mission Status is a few KiB at most.
 MAX_ORIGIN_JWT_LENGTH = 65536
 
-# Asymmetric signature algorithms and the key each needs (RFC 7518 section 3, RFC 8037).
-_KEY_FOR_ALG: dict[str, tuple[str, str | None]] = {
-    "ES256": ("EC", "P-256"),
-    "ES384": ("EC", "P-384"),
-    "EdDSA": ("OKP", "Ed25519"),
-    "Ed25519": ("OKP", "Ed25519"),
-    "PS256": ("RSA", None),
-    "RS256": ("RSA", None),
-}
-SUPPORTED_ALGS = tuple(_KEY_FOR_ALG)
+# Asymmetric signature algorithms only (protocol/jwks.py says which key each needs).
+SUPPORTED_ALGS = SIGNATURE_ALGS
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
@@ -180,7 +179,7 @@ def verify_origin_jwt(
     if not is_media_type(header.get("typ"), typ):
         raise _refuse(f'the {what} header "typ" must be "{typ}" (explicit typing)')
     alg = header.get("alg")
-    if alg not in _KEY_FOR_ALG:
+    if alg not in SUPPORTED_ALGS:
         raise _refuse(f"the {what} must be signed with one of {', '.join(SUPPORTED_ALGS)}")
     if "crit" in header or "b64" in header:
         raise _refuse(f'the {what} header must not use the "crit" or "b64" extensions')
@@ -199,17 +198,12 @@ def verify_origin_jwt(
 
 def _published_key(keys: JwksCache, kid: str, alg: str, what: str) -> Key:
     try:
-        key = keys.key_for(kid)
+        return signature_key(keys, kid, alg)
     except KeyNotFound as exc:
         raise _refuse(f"the {what} names a key its issuer does not publish") from exc
+    except UnsuitableKey as exc:
+        raise _refuse(f"the {what}'s key: {exc}") from exc
     except JwksUnavailable as exc:
         # Includes a refetch the rate limit holds back: not known yet, not a no.
         raise OriginUnavailable(f"the keys of the {what}'s issuer cannot be had just now: "
                                 f"{exc}") from exc
-    kty, crv = _KEY_FOR_ALG[alg]
-    if key.key_type != kty or (crv is not None and key.get("crv") != crv):
-        raise _refuse(f"the {what}'s key cannot make {alg} signatures")
-    # RFC 7517 section 4.4: a key published with "alg" is for that algorithm alone.
-    if key.get("use", "sig") != "sig" or key.get("alg", alg) != alg:
-        raise _refuse(f"the {what}'s key is not published for {alg}")
-    return key

@@ -96,6 +96,24 @@ class InvalidJwks(JwksUnavailable, ValueError):
     member, two usable keys sharing a ``kid``, or too many keys."""
 
 
+class UnsuitableKey(JwksError):
+    """The key the ``kid`` names cannot make signatures of the JWS's ``alg``, or is
+    published for another use or algorithm (RFC 7517 sections 4.2 and 4.4)."""
+
+
+# The JWS algorithms a verifier here accepts (asymmetric only: never "none", never an HMAC
+# a public key could be fed to), each with the key type and curve it needs.
+KEY_FOR_ALG: dict[str, tuple[str, str | None]] = {
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "EdDSA": ("OKP", "Ed25519"),
+    "Ed25519": ("OKP", "Ed25519"),
+    "PS256": ("RSA", None),
+    "RS256": ("RSA", None),
+}
+SIGNATURE_ALGS: tuple[str, ...] = tuple(KEY_FOR_ALG)
+
+
 @runtime_checkable
 class KeySource(Protocol):
     """Where a verifier finds the public keys of one issuer."""
@@ -429,3 +447,17 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def signature_key(keys: KeySource, kid: str, alg: str) -> Key:
+    """The key ``kid`` names, fit to check an ``alg`` signature (``alg`` one of
+    :data:`SIGNATURE_ALGS`). Raises :class:`KeyNotFound`, :class:`JwksUnavailable` or
+    :class:`UnsuitableKey`; each verifier turns them into its own protocol's error."""
+    key = keys.key_for(kid)
+    kty, crv = KEY_FOR_ALG[alg]
+    if key.key_type != kty or (crv is not None and key.get("crv") != crv):
+        raise UnsuitableKey(f"the key {kid[:100]!r} cannot make {alg} signatures")
+    # RFC 7517 section 4.4: a key published with "alg" is for that algorithm alone.
+    if key.get("use", "sig") != "sig" or key.get("alg", alg) != alg:
+        raise UnsuitableKey(f"the key {kid[:100]!r} is not published for {alg}")
+    return key

@@ -41,7 +41,13 @@ from joserfc.jwk import Key
 
 from missionbound.mission.errors import MissionError, wire_text
 from missionbound.protocol.jose_segments import AllowListRegistry, json_object_segment
-from missionbound.protocol.jwks import KeyNotFound, KeySource
+from missionbound.protocol.jwks import (
+    SIGNATURE_ALGS,
+    KeyNotFound,
+    KeySource,
+    UnsuitableKey,
+    signature_key,
+)
 
 SET_TYPE = "secevent+jwt"  # RFC 8417 section 2.3
 SET_MEDIA_TYPE = "application/secevent+jwt"  # RFC 8417 section 7.2
@@ -66,16 +72,8 @@ ERROR_CODES = frozenset(
 # Asymmetric signatures only (RFC 8417 section 5.1 asks for "appropriate" protection; RFC
 # 8725 section 3.1: never "none", and an HMAC key is a shared secret, not the issuer's
 # public key). "Ed25519" is RFC 9864's fully specified name for EdDSA with Ed25519.
-SUPPORTED_ALGS: tuple[str, ...] = ("ES256", "ES384", "EdDSA", "Ed25519", "PS256", "RS256")
+SUPPORTED_ALGS: tuple[str, ...] = SIGNATURE_ALGS
 # What key each algorithm needs: (kty, crv or None).
-_KEY_FOR_ALG: dict[str, tuple[str, str | None]] = {
-    "ES256": ("EC", "P-256"),
-    "ES384": ("EC", "P-384"),
-    "EdDSA": ("OKP", "Ed25519"),
-    "Ed25519": ("OKP", "Ed25519"),
-    "PS256": ("RSA", None),
-    "RS256": ("RSA", None),
-}
 
 # A SET about one Mission is under 1 KiB; 64 KiB leaves room for many events and RSA.
 MAX_SET_LENGTH = 65536
@@ -224,18 +222,11 @@ def _check_header(header: dict[str, Any]) -> tuple[str, str]:
 
 def _key(keys: KeySource, kid: str, alg: str) -> Key:
     try:
-        key = keys.key_for(kid)
+        return signature_key(keys, kid, alg)
     except KeyNotFound as exc:
         raise SetRejected(INVALID_KEY, f"the issuer's JWK Set has no key {kid[:100]!r}") from exc
-    kty, crv = _KEY_FOR_ALG[alg]
-    if key.key_type != kty or (crv is not None and key.get("crv") != crv):
-        raise SetRejected(
-            INVALID_KEY, f"the key {kid[:100]!r} cannot make {alg} signatures"
-        )
-    # RFC 7517 section 4.4: a key published with "alg" is for that algorithm alone.
-    if key.get("use", "sig") != "sig" or key.get("alg", alg) != alg:
-        raise SetRejected(INVALID_KEY, f"the key {kid[:100]!r} is not published for {alg}")
-    return key
+    except UnsuitableKey as exc:
+        raise SetRejected(INVALID_KEY, str(exc)) from exc
 
 
 def _check_signature(token: str, key: Key, alg: str) -> None:

@@ -48,7 +48,13 @@ from missionbound.mission.canonical import DIGEST_PREFIX
 from missionbound.mission.errors import MissionError
 from missionbound.mission.record import MISSION_ID
 from missionbound.protocol.jose_segments import AllowListRegistry, json_object_segment
-from missionbound.protocol.jwks import KeyNotFound, KeySource
+from missionbound.protocol.jwks import (
+    SIGNATURE_ALGS,
+    KeyNotFound,
+    KeySource,
+    UnsuitableKey,
+    signature_key,
+)
 
 # The draft's section "JWT Header" and its media type registration.
 TXN_TOKEN_TYPE = "txntoken+jwt"
@@ -59,17 +65,8 @@ TXN_TOKEN_HEADER = "Txn-Token"
 # The token type identifier of the Txn-Token request (RFC 8693 ``requested_token_type``).
 TXN_TOKEN_TYPE_URN = "urn:ietf:params:oauth:token-type:txn_token"
 
-# Asymmetric signatures only, and the key each needs: (kty, crv or None). "Ed25519" is RFC
-# 9864's fully specified name for EdDSA with Ed25519.
-_KEY_FOR_ALG: dict[str, tuple[str, str | None]] = {
-    "ES256": ("EC", "P-256"),
-    "ES384": ("EC", "P-384"),
-    "EdDSA": ("OKP", "Ed25519"),
-    "Ed25519": ("OKP", "Ed25519"),
-    "PS256": ("RSA", None),
-    "RS256": ("RSA", None),
-}
-SUPPORTED_ALGS: tuple[str, ...] = tuple(_KEY_FOR_ALG)
+# Asymmetric signatures only (protocol/jwks.py says which key each needs).
+SUPPORTED_ALGS: tuple[str, ...] = SIGNATURE_ALGS
 
 # A Txn-Token of this AS is a few KiB (request_details and request_context are bounded at
 # the token service); 64 KiB leaves room for RSA and other token services' claims.
@@ -273,19 +270,12 @@ def _check_header(header: dict[str, Any]) -> tuple[str, str]:
 
 def _key(keys: KeySource, kid: str, alg: str) -> Key:
     try:
-        key = keys.key_for(kid)
+        return signature_key(keys, kid, alg)
     except KeyNotFound as exc:
         raise TxnTokenRejected(
             UNKNOWN_KEY, f"the trust domain's JWK Set has no key {kid[:100]!r}") from exc
-    kty, crv = _KEY_FOR_ALG[alg]
-    if key.key_type != kty or (crv is not None and key.get("crv") != crv):
-        raise TxnTokenRejected(
-            UNSUPPORTED_ALGORITHM, f"the key {kid[:100]!r} cannot make {alg} signatures")
-    # RFC 7517 section 4.4: a key published with "alg" is for that algorithm alone.
-    if key.get("use", "sig") != "sig" or key.get("alg", alg) != alg:
-        raise TxnTokenRejected(
-            UNSUPPORTED_ALGORITHM, f"the key {kid[:100]!r} is not published for {alg}")
-    return key
+    except UnsuitableKey as exc:
+        raise TxnTokenRejected(UNSUPPORTED_ALGORITHM, str(exc)) from exc
 
 
 def _check_signature(value: str, key: Key, alg: str) -> None:
