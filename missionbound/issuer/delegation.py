@@ -32,6 +32,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.orm import Session
+
 from missionbound import audit
 from missionbound.issuer.access_tokens import ACCESS_TOKEN_LIFETIME, mint_access_token
 from missionbound.issuer.clients import TOKEN_EXCHANGE
@@ -56,6 +58,8 @@ from missionbound.mission.errors import InvalidRequest, InvalidTarget
 from missionbound.protocol.dpop import DPoPProofError
 from missionbound.store.errors import InvalidGrant
 from missionbound.store.gate import admit_derivation
+from missionbound.store.models import IssuedToken, RefreshTokenFamily
+from missionbound.store.refresh import lock_refresh_family
 from missionbound.store.tokens import record_issued_token
 
 if TYPE_CHECKING:
@@ -94,6 +98,7 @@ def exchange_for_delegate(grant: MissionTokenExchangeGrant,
     if proof is None:
         raise DPoPProofError("a delegated token is bound to the delegate's own DPoP key: "
                              "send a DPoP proof")
+    _lock_live_grant(session, subject)
     # The gate locks the Mission to commit: a revoke committed first always wins.
     admitted = admit_derivation(session, subject.mission_id, now=now,
                                 policy=issuer.lifecycle_policy)
@@ -160,6 +165,22 @@ def _live_access_token(issuer: MissionIssuer, request: OAuthRequest, value: str)
     if found is None or found.kind != "access_token" or not found.live:
         raise InvalidGrant("the subject_token is not an active access token of this AS")
     return found
+
+
+def _lock_live_grant(session: Session, subject: FoundToken) -> None:
+    """The delegated token joins the subject token's grant (decision X8), so the exchange
+    takes the grant's lock, the one a revocation of the grant takes (a replayed code or
+    refresh token, store/refresh.py), and reads the grant and the subject token again under
+    it: either the revocation sees the delegated token's row, or the exchange sees the
+    revocation. Never both missed."""
+    if subject.grant_id is None:
+        return
+    lock_refresh_family(session, subject.grant_id)
+    family = session.get(RefreshTokenFamily, subject.grant_id, populate_existing=True)
+    row = session.get(IssuedToken, subject.jti, populate_existing=True)
+    if (family is None or family.revoked_at is not None
+            or row is None or row.revoked_at is not None):
+        raise InvalidGrant("the subject_token's grant was revoked")
 
 
 def _require_actor_is_delegate(issuer: MissionIssuer, request: OAuthRequest,

@@ -48,7 +48,7 @@ from missionbound.mission.intent import parse_instant
 from missionbound.mission.lifecycle import State
 from missionbound.mission.record import MISSION_ID
 from missionbound.store.errors import DerivationRefused, InvalidGrant
-from missionbound.store.remote_missions import RemoteState, record_remote_state
+from missionbound.store.remote_missions import RemoteState, record_remote_state, remote_state
 from missionbound.store.transactions import run_after_rollback
 
 if TYPE_CHECKING:
@@ -213,29 +213,25 @@ def record_and_require_active(session: Session, state: RemoteState, now: datetim
     run_after_rollback(session, f"remote-mission:{state.origin}:{state.mission_id}",
                        lambda fresh: record_remote_state(fresh, state))
     record_remote_state(session, state)
-    require_active(state, now)
+    # Another request may have learned a newer state meanwhile (a revocation): act on the
+    # newest this AS knows, read under the row's lock so that a concurrent newer write is
+    # either seen here or made after this request commits.
+    latest = remote_state(session, state.origin, state.mission_id, for_update=True)
+    require_active(latest if latest is not None and latest.version > state.version
+                   else state, now)
 
 
-def require_active_remote(
-    issuer: MissionIssuer,
-    mission_claim: dict[str, Any],
-    now: datetime,
-    *,
+def ask_remote_state(
+    issuer: MissionIssuer, mission_claim: dict[str, Any], now: datetime, *,
     audience: str | None = None,
-    session: Session | None = None,
-) -> None:
-    """Raise a :class:`~missionbound.mission.errors.MissionError` unless the origin named by
-    ``mission_claim["origin"]`` (a trusted origin of this AS) says now, signed, that Mission
-    ``mission_claim["id"]`` is active.
-
-    ``audience`` is the resource to ask about (a token's ``aud``); without it this AS's
-    resources are tried in turn until the origin answers for one. ``session``: the caller's
-    transaction, where the learned state is recorded (and, on a refusal, recorded after its
-    rollback); without one it is recorded in a transaction of its own. Do not call this
-    without ``session`` from inside a write transaction (on SQLite the second one waits for
-    the first). Errors: ``invalid_grant`` (+ ``mission_state``) when the Mission is not
-    active, unknown to the origin, or the origin is not trusted; 503
-    ``temporarily_unavailable`` when the origin cannot be asked."""
+) -> RemoteState:
+    """What the origin named by ``mission_claim["origin"]`` (a trusted origin of this AS)
+    says now, signed, of Mission ``mission_claim["id"]``. Call it outside any database
+    transaction: it is a network round trip (a slow origin must never hold this AS's
+    database). ``audience`` is the resource to ask about (a token's ``aud``); without it
+    this AS's resources are tried in turn until the origin answers for one. Errors:
+    ``invalid_grant`` when the Mission is unknown to the origin or the origin is not
+    trusted; 503 ``temporarily_unavailable`` when the origin cannot be asked."""
     origins = trusted_origins_of(issuer)
     origin = origins.find(mission_claim.get("origin"))
     mission_id = mission_claim.get("id")
@@ -243,15 +239,21 @@ def require_active_remote(
         raise InvalidGrant("the Mission's origin is not an issuer this AS trusts")
     if not isinstance(mission_id, str) or not MISSION_ID.fullmatch(mission_id):
         raise InvalidGrant("the mission claim has no valid Mission id")
-    state = ask_any_audience(origins, origin, mission_id,
-                             [audience] if audience else sorted(issuer.tenant.catalog.resources),
-                             now)
-    if session is not None:
+    return ask_any_audience(origins, origin, mission_id,
+                            [audience] if audience else sorted(issuer.tenant.catalog.resources),
+                            now)
+
+
+def require_active_remote(
+    issuer: MissionIssuer, mission_claim: dict[str, Any], now: datetime, *,
+    audience: str | None = None,
+) -> None:
+    """:func:`ask_remote_state`, the answer recorded in a transaction of its own, then
+    refused unless active (``invalid_grant`` + ``mission_state``). For callers outside any
+    transaction; inside one, ask first and :func:`record_and_require_active` there."""
+    state = ask_remote_state(issuer, mission_claim, now, audience=audience)
+    with issuer.store.begin() as session:
         record_and_require_active(session, state, now)
-        return
-    with issuer.store.begin() as own:
-        record_remote_state(own, state)
-    require_active(state, now)
 
 
 def ask_any_audience(origins: TrustedOrigins, origin: TrustedOrigin, mission_id: str,

@@ -21,11 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from authlib.oauth2.rfc6749 import InvalidRequestError, UnauthorizedClientError
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error, UnauthorizedClientError
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
 
 from missionbound.issuer.client_auth import CONFIDENTIAL_AUTH_METHODS
 from missionbound.issuer.clients import TOKEN_EXCHANGE
+from missionbound.mission.errors import MissionError
 
 if TYPE_CHECKING:
     from missionbound.issuer.server import OAuthRequest
@@ -154,6 +155,41 @@ class MissionTokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[
 
 
 class ResourceASTokenExchangeGrant(MissionTokenExchangeGrant):
-    """The exchanges a Resource AS serves: Transaction Tokens for its own local tokens."""
+    """The exchanges a Resource AS serves: Transaction Tokens for its own local tokens.
+
+    Two phases, like the ID-JAG redemption (issuer/jwt_bearer.py): :meth:`prepare`, before
+    the request's transaction, authenticates the client, checks the request and asks the
+    origin about the Mission; the grant then runs in the transaction with that answer. The
+    client is authenticated once (a ``private_key_jwt`` assertion is single-use)."""
 
     REQUESTED_TOKEN_TYPES = frozenset({TXN_TOKEN_TYPE})
+
+    def prepare(self) -> None:
+        request = self.request
+        try:
+            super().validate_token_request()
+            from missionbound.issuer.txn_tokens import learn_remote_state
+
+            request.remote_state = learn_remote_state(self, request.exchange)
+        except (OAuth2Error, MissionError) as error:
+            request.prepared_error = error
+        request.prepared = True
+
+    def validate_token_request(self) -> None:
+        request = self.request
+        if not getattr(request, "prepared", False):
+            # The origin is never asked inside the transaction: the route prepares.
+            raise RuntimeError("a Resource AS's token exchange was not prepared")
+        error = getattr(request, "prepared_error", None)
+        if error is not None:
+            raise error
+
+
+def prepare_exchange(issuer: Any, request: OAuthRequest) -> None:
+    """Phase 1 of a Resource AS's token exchange (call it before ``MissionIssuer.run``);
+    anything else is left alone."""
+    if request.form.get("grant_type") != TOKEN_EXCHANGE:
+        return
+    grant = issuer.get_token_grant(request)
+    if isinstance(grant, ResourceASTokenExchangeGrant):
+        grant.prepare()

@@ -24,9 +24,9 @@ internal calls. The request (checked in this order; every refusal rolls back, is
    ``invalid_scope`` otherwise.
 5. The Mission is effectively ``active`` (decision Z3): at the Mission Issuer, read under a
    share lock, not counted as a derivation (a Txn-Token carries no Mission authority); at a
-   Resource AS, by the origin's signed Mission Status
-   (:func:`missionbound.issuer.remote_missions.require_active_remote`). Otherwise
-   ``invalid_grant`` with ``mission_state``.
+   Resource AS, by the origin's signed Mission Status, asked before the transaction opens
+   (:func:`learn_remote_state`) and recorded forward-only in it. Otherwise ``invalid_grant``
+   with ``mission_state``.
 
 The Txn-Token (JWS ``typ: txntoken+jwt``, signed with the AS's current key): ``iss`` (this
 AS), ``iat``, ``exp`` (at most ``txn_token_lifetime_seconds``, never past the subject
@@ -82,7 +82,7 @@ from missionbound.store.models import Mission
 
 if TYPE_CHECKING:
     from missionbound.issuer.clients import OAuthClient
-    from missionbound.issuer.server import MissionIssuer
+    from missionbound.issuer.server import MissionIssuer, OAuthRequest
     from missionbound.issuer.token_exchange import MissionTokenExchangeGrant
 
 AUDIT_ISSUED = "txn_token.issued"
@@ -131,22 +131,21 @@ def issue_txn_token(
     asked = parse_txn_token_request(exchange, trust_domain=settings.txn_token_trust_domain)
     require_workload(client)
     subject = live_subject_token(session, exchange.subject_token, issuer=issuer, now=now)
-    if request.refusal is not None:
-        request.refusal["mission_id"] = subject.mission_id
-    served = sorted(client.audiences & subject.audiences)
-    if not served:
-        raise InvalidGrant("the subject token is not for a resource this client serves: only "
-                           "a workload it was issued to may exchange it")
+    _name_mission_in_refusals(request, subject, settings.role)
+    served = served_audiences(client, subject)
     scope = granted_scope(asked.scope, subject.claims, served)
     mission_claim: dict[str, Any] = subject.claims["mission"]
     if settings.role == "resource_as":
         anchors = _remote_anchors(mission_claim)
         policy_version = None
-        # Imported here: the Resource AS role's module (and its HTTP client) is not needed
-        # by the Mission Issuer.
-        from missionbound.issuer.remote_missions import require_active_remote
+        # Imported here: the Resource AS role's module is not needed by the Mission Issuer.
+        from missionbound.issuer.remote_missions import record_and_require_active
 
-        require_active_remote(issuer, mission_claim, now, audience=served[0], session=session)
+        state = getattr(request, "remote_state", None)
+        if state is None or state.mission_id != subject.mission_id:
+            # The origin is asked before the transaction (learn_remote_state); never here.
+            raise RuntimeError("a Resource AS's Txn-Token request was not prepared")
+        record_and_require_active(session, state, now)
     else:
         mission = require_active_mission(session, subject.mission_id, now=now,
                                          policy=issuer.lifecycle_policy)
@@ -186,6 +185,50 @@ def issue_txn_token(
         "scope": claims["scope"],
     }
     return 200, body, grant.TOKEN_RESPONSE_HEADER
+
+
+def learn_remote_state(grant: MissionTokenExchangeGrant, exchange: ExchangeRequest) -> Any:
+    """At a Resource AS, before the request's transaction opens: steps 1 to 4 on a read-only
+    view, then the origin's signed word on the subject token's Mission
+    (:func:`missionbound.issuer.remote_missions.ask_remote_state`), which
+    :func:`issue_txn_token` records and requires inside the transaction. A slow origin then
+    never holds this AS's database (on SQLite, its one writer)."""
+    from missionbound.issuer.remote_missions import ask_remote_state
+
+    request, issuer = grant.request, grant.server
+    asked = parse_txn_token_request(exchange,
+                                    trust_domain=issuer.settings.txn_token_trust_domain)
+    require_workload(request.client)
+    with issuer.store.read() as session, session.begin():
+        subject = live_subject_token(session, exchange.subject_token, issuer=issuer,
+                                     now=request.now)
+    _name_mission_in_refusals(request, subject, issuer.settings.role)
+    served = served_audiences(request.client, subject)
+    granted_scope(asked.scope, subject.claims, served)
+    return ask_remote_state(issuer, subject.claims["mission"], request.now,
+                            audience=served[0])
+
+
+def _name_mission_in_refusals(request: OAuthRequest, subject: FoundToken, role: str) -> None:
+    """From here on a refusal is evidence about the subject token's Mission: the local one,
+    or at a Resource AS the origin's (MissionIssuer._audit_refusal)."""
+    if request.refusal is None:
+        return
+    if role == "resource_as":
+        request.refusal.update(remote_mission_id=subject.mission_id,
+                               origin=subject.claims["mission"].get("origin"))
+    else:
+        request.refusal["mission_id"] = subject.mission_id
+
+
+def served_audiences(client: OAuthClient, subject: FoundToken) -> list[str]:
+    """The subject token's audiences the requesting workload serves: only a workload the
+    token was issued to may exchange it."""
+    served = sorted(client.audiences & subject.audiences)
+    if not served:
+        raise InvalidGrant("the subject token is not for a resource this client serves: only "
+                           "a workload it was issued to may exchange it")
+    return served
 
 
 # -- the request -----------------------------------------------------------------------------

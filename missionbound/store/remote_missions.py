@@ -92,10 +92,13 @@ def record_remote_state(session: Session, state: RemoteState) -> None:
     })
 
 
-def remote_state(session: Session, origin: str, mission_id: str) -> RemoteState | None:
-    """The last state recorded for ``mission_id`` of ``origin``, or None when none was."""
+def remote_state(session: Session, origin: str, mission_id: str, *,
+                 for_update: bool = False) -> RemoteState | None:
+    """The last state recorded for ``mission_id`` of ``origin``, or None when none was.
+    ``for_update`` reads it under the row's lock, after any concurrent writer commits."""
+    statement = _READ.with_for_update() if for_update else _READ
     row = session.connection().execute(
-        _READ, {"origin": origin, "mission_id": mission_id}).first()
+        statement, {"origin": origin, "mission_id": mission_id}).first()
     if row is None:
         return None
     return RemoteState(row.origin, row.mission_id, row.state, row.version,

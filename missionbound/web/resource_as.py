@@ -1,10 +1,11 @@
 """HTTP surfaces of the resource_as role (PROFILE.md section 11, docs/resource-as.md): its
 token endpoint and the token management endpoints it serves.
 
-Thin, like web/oauth.py. The one difference at ``/token``: an ID-JAG redemption asks the
-origin (its keys, its signed Mission Status) *before* the request's transaction opens
-(issuer/jwt_bearer.py ``prepare_redemption``), so that a slow origin never holds this AS's
-database (on SQLite, its one writer) for a network round trip.
+Thin, like web/oauth.py. The one difference at ``/token``: an ID-JAG redemption and a Transaction
+Token request ask the origin (its keys, its signed Mission Status) *before* the request's
+transaction opens (issuer/jwt_bearer.py ``prepare_redemption``, issuer/token_exchange.py
+``prepare_exchange``), so that a slow origin never holds this AS's database (on SQLite, its
+one writer) for a network round trip.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from missionbound.issuer.jwt_bearer import prepare_redemption
 from missionbound.issuer.resource_as_introspection import ResourceASIntrospectionEndpoint
 from missionbound.issuer.revocation import MissionRevocationEndpoint
 from missionbound.issuer.server import MissionIssuer
+from missionbound.issuer.token_exchange import prepare_exchange
 from missionbound.web import token_management
 from missionbound.web.oauth import FormParams, Issuer, oauth_request, to_response
 
@@ -51,5 +53,6 @@ def token(request: Request, params: FormParams, issuer: Issuer) -> Response:
     oauth = oauth_request(issuer, request, params, "/token")
     # The origin is asked here, outside any transaction; the outcome rides on the request.
     prepare_redemption(issuer, oauth)
+    prepare_exchange(issuer, oauth)
     answer: Any = issuer.run(oauth, issuer.create_token_response)
     return to_response(answer)

@@ -13,7 +13,11 @@ from joserfc import jwt
 
 from missionbound.issuer.keys import rotate_signing_key
 from missionbound.issuer.mission_status import STATUS_MEDIA_TYPE
-from missionbound.issuer.remote_missions import require_active_remote
+from missionbound.issuer.remote_missions import (
+    ask_remote_state,
+    record_and_require_active,
+    require_active_remote,
+)
 from missionbound.issuer.trusted_origins import OriginUnavailable
 from missionbound.mission.lifecycle import Event, State
 from missionbound.store.errors import DerivationRefused, InvalidGrant
@@ -101,6 +105,19 @@ def test_the_state_is_recorded_forward_only(ras: ResourceAS) -> None:
     assert kept is not None
     assert (kept.state, kept.version) == ("revoked", 4)
     assert kept.checked_at == now + timedelta(seconds=9)
+
+
+def test_an_older_answer_never_admits_a_mission_known_to_be_revoked(ras: ResourceAS) -> None:
+    """Request A heard "active" (v3) from the origin; before A's transaction, request B
+    learned "revoked" (v4). A acts on the newest state this AS knows: refused."""
+    now = now_utc()
+    mission_id = "msn_" + "G" * 30
+    with ras.store.begin() as session:
+        record_remote_state(session, RemoteState(ORIGIN, mission_id, "revoked", 4, None, now))
+    with pytest.raises(DerivationRefused) as refused, ras.store.begin() as session:
+        record_and_require_active(
+            session, RemoteState(ORIGIN, mission_id, "active", 3, None, now), now)
+    assert refused.value.mission_state == "revoked"
 
 
 # -- when the origin cannot answer ---------------------------------------------------------
@@ -208,7 +225,7 @@ def test_a_rotated_origin_key_is_picked_up(origin: Origin, ras: ResourceAS) -> N
         rotate_signing_key(origin.store, now_utc(), alg="ES256")
 
 
-# -- for Transaction Tokens: require_active_remote -----------------------------------------
+# -- for Transaction Tokens: ask_remote_state, require_active_remote -----------------------------------------
 
 
 def test_require_active_remote_asks_the_origin(origin: Origin, ras: ResourceAS) -> None:
@@ -220,11 +237,15 @@ def test_require_active_remote_asks_the_origin(origin: Origin, ras: ResourceAS) 
     require_active_remote(ras.issuer, claim, now_utc())
 
     origin.transition(mission.mission_id, Event.SUSPEND)
+    # Asked outside the transaction, recorded and required inside it.
+    state = ask_remote_state(ras.issuer, claim, now_utc(), audience=ERP)
     with ras.store.begin() as session, pytest.raises(DerivationRefused) as refusal:
-        require_active_remote(ras.issuer, claim, now_utc(), session=session)
+        record_and_require_active(session, state, now_utc())
     assert refusal.value.to_wire()["mission_state"] == "suspended"
     # Recorded after the refused transaction rolled back.
     assert remote_row(ras.engine, mission.mission_id) == ("suspended", mission.version + 1)
+    with pytest.raises(DerivationRefused):
+        require_active_remote(ras.issuer, claim, now_utc())
 
     with pytest.raises(InvalidGrant):
         require_active_remote(ras.issuer, {**claim, "origin": "http://evil.test"}, now_utc())

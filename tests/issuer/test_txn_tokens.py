@@ -2,7 +2,8 @@
 tokens-10, issuance digest 9.3; docs/transaction-tokens.md), on SQLite and PostgreSQL: the
 token verified as an internal service verifies it (against /jwks), its lifetime, the Mission
 carried verbatim in ``tctx``, and every refusal (nothing issued, nothing changed, one
-``token.refused`` audit record). The Resource AS role's Txn-Tokens are at the end."""
+``token.refused`` audit record). The Resource AS role's Txn-Tokens are in
+tests/cross_domain/test_txn_tokens_at_resource_as.py."""
 
 from __future__ import annotations
 
@@ -21,25 +22,6 @@ from sqlalchemy import select
 from missionbound.mission.lifecycle import Event
 from missionbound.protocol.txn_tokens import TXN_TOKEN_TYPE
 from missionbound.store.models import AuditRecord
-from tests.cross_domain.support import (
-    AGENT as RAS_AGENT,
-)
-from tests.cross_domain.support import (
-    ERP as RAS_ERP,
-)
-from tests.cross_domain.support import (
-    ERP_RS,
-    LEDGER_RS,
-    RAS,
-    Origin,
-    ResourceAS,
-    build_origin,
-    build_resource_as,
-    through,
-)
-from tests.cross_domain.support import (
-    refused as ras_refused,
-)
 from tests.issuer.flow import (
     AGENT,
     ERP,
@@ -62,9 +44,7 @@ from tests.issuer.txn_token_support import (
     RS,
     TXN_TOKEN,
     change,
-    clean_environment,
     request_txn_token,
-    sibling_database,
     txn_token_flow,
     verify_issued,
 )
@@ -439,94 +419,3 @@ def test_refusals_left_the_store_as_it_was(flow: Flow) -> None:
         assert request_txn_token(flow.client, grant.access_token, scope="openid").status_code \
             == 400
     assert snapshot(flow.engine) == before
-
-
-# -- the Resource AS role ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
-    folder = tmp_path_factory.mktemp("txn-origin")
-    with clean_environment():
-        built = build_origin(f"sqlite:///{folder / 'origin.db'}", folder)
-    try:
-        yield built
-    finally:
-        built.client.close()
-        built.engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def ras(flow_database_url: str, origin: Origin,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[ResourceAS]:
-    folder = tmp_path_factory.mktemp("txn-ras")
-    with sibling_database(flow_database_url, folder) as url, clean_environment():
-        built = build_resource_as(url, folder, origin.client)
-        try:
-            yield built
-        finally:
-            built.client.close()
-            built.engine.dispose()
-
-
-def local_token(origin: Origin, ras: ResourceAS) -> tuple[str, dict[str, Any]]:
-    """A Mission at the origin and the Resource AS's local token for it (ID-JAG redeemed)."""
-    mission = origin.mission()
-    key = generate_key()
-    response = ras.redeem(origin.id_jag(mission, jkt=key.thumbprint()), key=key)
-    assert response.status_code == 200, response.text
-    value = response.json()["access_token"]
-    return value, claims_of(value)
-
-
-def test_a_resource_as_issues_txn_tokens_for_its_local_tokens(origin: Origin,
-                                                              ras: ResourceAS) -> None:
-    value, local = local_token(origin, ras)
-    response = request_txn_token(ras.client, value, auth=ERP_RS, audiences=(RAS,),
-                                 scope="invoices.read",
-                                 request_details=json.dumps({"invoice_id": "inv-1"}))
-    body, token = verify_issued(ras.client, response, trust_domain=RAS, issuer=RAS)
-    assert body["token_type"] == "N_A"
-    assert token.tctx == {"invoice_id": "inv-1", "mission": local["mission"]}
-    assert token.mission.origin != RAS  # the origin's Mission, carried verbatim
-    assert token.sub == local["sub"] and token.req_wl == ERP_RS[0]
-    assert token.rctx["client_id"] == RAS_AGENT[0]
-    assert token.exp <= local["exp"]
-
-
-def test_a_resource_as_refuses_when_the_origin_says_the_mission_ended(
-        origin: Origin, ras: ResourceAS) -> None:
-    value, local = local_token(origin, ras)
-    origin.transition(local["mission"]["id"], Event.REVOKE)
-    body = ras_refused(ras, lambda: request_txn_token(ras.client, value, auth=ERP_RS,
-                                                      audiences=(RAS,)),
-                       status=400, error="invalid_grant")
-    assert body["mission_state"] == "revoked"
-
-
-def test_a_resource_as_fails_closed_when_the_origin_cannot_be_asked(
-        origin: Origin, ras: ResourceAS) -> None:
-    value, _ = local_token(origin, ras)
-
-    def status_down(request: httpx.Request) -> httpx.Response | None:
-        return httpx.Response(502) if request.url.path.endswith("/mission/status") else None
-
-    with ras.reaching_origin(through(origin, status_down)):
-        ras_refused(ras, lambda: request_txn_token(ras.client, value, auth=ERP_RS,
-                                                   audiences=(RAS,)),
-                    status=503, error="temporarily_unavailable")
-
-
-def test_a_resource_as_workload_gets_txn_tokens_for_its_resources_only(
-        origin: Origin, ras: ResourceAS) -> None:
-    value, local = local_token(origin, ras)
-    assert RAS_ERP in local["aud"]
-    # The ledger's workload may name the ledger's actions, never the ERP API's.
-    _, token = verify_issued(ras.client, request_txn_token(
-        ras.client, value, auth=LEDGER_RS, audiences=(RAS,), scope="entries.read"),
-        trust_domain=RAS)
-    assert token.req_wl == LEDGER_RS[0]
-    response = request_txn_token(ras.client, value, auth=LEDGER_RS, audiences=(RAS,),
-                                 scope="invoices.read")
-    assert response.status_code == 400, response.text
-    assert response.json()["error"] == "invalid_scope"
