@@ -85,6 +85,15 @@ class TrustedOrigin(BaseModel):
         check_issuer(value)
         return value
 
+    @field_validator("jwks_uri", "status_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+                raise ValueError(f"{value!r} must be an absolute http(s) URL without fragment")
+        return value
+
     @model_validator(mode="after")
     def _defaults(self) -> TrustedOrigin:
         if not self.jwks_uri:

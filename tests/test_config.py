@@ -468,6 +468,9 @@ def test_trusted_origins_come_from_the_environment_as_json(
          'audience = "typo"\n', "resource_authorities"),
         ('role = "resource_as"\n[[trusted_origins]]\nissuer = "https://o.example"\n',
          "trusted_origins"),
+        ('role = "resource_as"\n[[trusted_origins]]\nissuer = "https://o.example"\n'
+         'status_client_id = "a"\nstatus_client_secret = "b"\n'
+         'status_endpoint = "ftp://o.example/status"\n', "status_endpoint"),
         ('role = "gateway"\n', "role"),
         ('role = "resource_as"\n', "needs at least one"),
     ],

@@ -179,10 +179,14 @@ class IdJagBearerGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
         id_jag, now = redemption.id_jag, request.now
         session = request.session()
         record_and_require_active(session, redemption.state, now)
-        proof = token_request_proof(issuer, request, request.client)
-        if proof is None:
+        if not request.dpop_headers:
+            # Checked before the proof: a client registered with dpop_bound_access_tokens
+            # would otherwise get invalid_dpop_proof, and issuance digest 9.2 says a grant
+            # presented without its proof of possession is invalid_grant (decision F8).
             raise InvalidGrant("the ID-JAG is bound to a DPoP key (cnf.jkt): send a DPoP "
                                "proof of that key")
+        proof = token_request_proof(issuer, request, request.client)
+        assert proof is not None  # a DPoP header was sent: a proof, or an error raised
         if proof.jkt != id_jag.jkt:
             raise InvalidGrant("the DPoP proof's key is not the key the ID-JAG is bound to")
         spent_until = datetime.fromtimestamp(id_jag.expires_at, UTC) + REPLAY_MARGIN

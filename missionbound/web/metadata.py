@@ -90,8 +90,9 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         # the bound is the access token lifetime; status and events propagate far faster.
         "mission_max_stale_seconds": int(ACCESS_TOKEN_LIFETIME.total_seconds()),
         # PROFILE.md section 2: Level 1, Mission-bound issuance at the AS; Level 2, the
-        # cross-AS handoff (ID-JAGs for the configured Resource ASes, Transaction Tokens).
-        "mission_ladder_levels_supported": [1, 2],
+        # cross-AS handoff, once there is a Resource AS to hand off to (ID-JAGs for the
+        # configured resource_authorities).
+        "mission_ladder_levels_supported": [1, 2] if settings.resource_authorities else [1],
         "mission_bound_authorization_supported": True,
     }
     if settings.registration_enabled:

@@ -94,6 +94,9 @@ RAS_TENANT = textwrap.dedent("""\
     [[clients]]
     client_id = "other-agent"
     client_secret = "other-agent-secret-8Lp"
+    # RFC 9449 section 5.2: its tokens are always DPoP-bound (a grant without a proof is
+    # still invalid_grant, decision F8).
+    dpop_bound_access_tokens = true
 
     [[clients]]
     client_id = "erp-rs"

@@ -174,6 +174,11 @@ def test_a_refused_verified_grant_names_its_mission_and_origin_in_the_audit_log(
 def test_a_grant_without_a_dpop_proof_is_refused(origin: Origin, ras: ResourceAS) -> None:
     assertion, _ = jag(origin)
     refused(ras, lambda: ras.redeem(assertion), status=400, error="invalid_grant")
+    # The same for a client registered with dpop_bound_access_tokens (not invalid_dpop_proof).
+    other = origin.id_jag(origin.mission(), jkt=generate_key().thumbprint(),
+                          client_id=OTHER_AGENT[0])
+    refused(ras, lambda: ras.redeem(other, auth=OTHER_AGENT), status=400,
+            error="invalid_grant")
 
 
 def test_a_proof_of_another_key_is_refused(origin: Origin, ras: ResourceAS) -> None:

@@ -225,7 +225,7 @@ def test_a_rotated_origin_key_is_picked_up(origin: Origin, ras: ResourceAS) -> N
         rotate_signing_key(origin.store, now_utc(), alg="ES256")
 
 
-# -- for Transaction Tokens: ask_remote_state, require_active_remote -----------------------------------------
+# -- for Transaction Tokens: ask_remote_state, require_active_remote -----------------------
 
 
 def test_require_active_remote_asks_the_origin(origin: Origin, ras: ResourceAS) -> None:

@@ -117,7 +117,7 @@ def test_serve_runs_the_demo_tenant_over_http(serve_demo: tuple[Server, str]) ->
     assert metadata.status_code == 200
     # No issuer configured: it is the address the server listens on.
     assert metadata.json()["issuer"] == server.base_url
-    assert metadata.json()["mission_ladder_levels_supported"] == [1, 2]
+    assert metadata.json()["mission_ladder_levels_supported"] == [1]
 
     # A signing key was created at start and is published where the metadata says.
     jwks = httpx.get(metadata.json()["jwks_uri"], timeout=5)

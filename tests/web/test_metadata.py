@@ -10,6 +10,7 @@ import pytest
 from missionbound.config import load_settings
 from missionbound.store.engine import create_engine_for
 from missionbound.web.app import create_app
+from missionbound.web.metadata import authorization_server_metadata
 from tests.web.conftest import ISSUER
 
 pytestmark = pytest.mark.anyio
@@ -28,7 +29,7 @@ async def test_metadata_names_the_configured_issuer_and_mission_members(
     assert metadata["jwks_uri"] == f"{ISSUER}/jwks"
     assert metadata["authorization_details_types_supported"] == ["mission_resource_access"]
     assert metadata["mission_intent_max_size"] == 16384
-    assert metadata["mission_ladder_levels_supported"] == [1, 2]
+    assert metadata["mission_ladder_levels_supported"] == [1]
     assert metadata["mission_bound_authorization_supported"] is True
     # Mission requests come only through PAR (PROFILE.md section 3), PKCE is S256 only
     # (section 5), authorization responses carry iss (RFC 9207).
@@ -97,3 +98,12 @@ async def test_openapi_is_published(client: httpx.AsyncClient) -> None:
     schema = (await client.get("/openapi.json")).json()
     assert {"/healthz", WELL_KNOWN, "/introspect", "/revoke", "/register"} <= set(
         schema["paths"])
+
+
+def test_level_2_is_advertised_once_there_is_a_resource_as_to_hand_off_to() -> None:
+    settings = load_settings(issuer=ISSUER, config_file=None, tenant_file=None,
+                             resource_authorities=[{"issuer": "https://ras.partner.example",
+                                                    "resources": [f"{ISSUER}/demo/erp"]}])
+    metadata = authorization_server_metadata(settings)
+    assert metadata["mission_ladder_levels_supported"] == [1, 2]
+    assert "urn:ietf:params:oauth:grant-type:token-exchange" in metadata["grant_types_supported"]
