@@ -332,18 +332,25 @@ def granted_scope(asked: tuple[str, ...], claims: Mapping[str, Any],
     decision Z4): every requested value must be an action the subject token's
     ``authorization_details`` grant at a resource the requester serves."""
     resources = frozenset(served)
-    actions = {
-        action
-        for entry in claims.get("authorization_details", [])
-        if isinstance(entry, dict) and entry.get("resource") in resources
-        for action in entry.get("actions", [])
-        if isinstance(action, str)
-    }
+    entries = [entry for entry in claims.get("authorization_details", [])
+               if isinstance(entry, dict) and entry.get("resource") in resources]
+    actions = {action for entry in entries for action in entry.get("actions", [])
+               if isinstance(action, str)}
     outside = [value for value in asked if value not in actions]
     if outside:
         raise InvalidScope(
             f"scope {' '.join(outside)[:200]!r} is more than the subject token grants at the "
             "resources this client serves")
+    # A scope value carries no constraint: an internal service authorizing on it would see
+    # an action without its bounds. Only actions some entry grants unconstrained qualify
+    # (decision Z11); the bounded ones stay with the access token.
+    free = {action for entry in entries if not entry.get("constraints")
+            for action in entry.get("actions", []) if isinstance(action, str)}
+    bounded = [value for value in asked if value not in free]
+    if bounded:
+        raise InvalidScope(
+            f"scope {' '.join(bounded)[:200]!r} names actions bounded by constraints a "
+            "Txn-Token scope cannot carry")
     return asked
 
 

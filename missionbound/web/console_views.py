@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from missionbound.mission.delegation import MAX_CHAIN_LENGTH
 from missionbound.mission.lifecycle import (
     LIFECYCLE_OPERATIONS,
     TRANSITIONS,
@@ -146,6 +147,10 @@ _TRANSITION_TITLES: Mapping[str, str] = {
     "complete": "Completed",
     "expire": "Expired",
 }
+_GRANT_WORDS: Mapping[str, str] = {
+    "urn:ietf:params:oauth:grant-type:token-exchange": "token exchange",
+    "urn:ietf:params:oauth:grant-type:jwt-bearer": "JWT bearer",
+}
 _REFUSED_THINGS: Mapping[str, str] = {
     "token": "Token request refused",
     "par": "Pushed authorization request refused",
@@ -209,14 +214,27 @@ def actor_chain(actor: Any, data: Any) -> list[str]:
     chain: list[str] = []
     for holder in (actor, data):
         current = holder.get("act") if isinstance(holder, Mapping) else None
+        # A token's act names the actor itself outermost: it acted for the ones inside.
+        if (isinstance(current, Mapping) and isinstance(actor, Mapping)
+                and "client_id" in actor and current.get("sub") == actor["client_id"]):
+            current = current.get("act")
         depth = 0
-        while isinstance(current, Mapping) and depth < 16:
+        while isinstance(current, Mapping) and depth < MAX_CHAIN_LENGTH:
             chain.append(actor_label(current))
             current = current.get("act")
             depth += 1
         if chain:
             break
     return chain
+
+
+def _chain_depth(act: Any) -> int:
+    """How many actors an ``act`` claim names (0 for none), up to what the page shows."""
+    depth = 0
+    while isinstance(act, Mapping) and depth < MAX_CHAIN_LENGTH:
+        depth += 1
+        act = act.get("act")
+    return depth
 
 
 def describe(record: Any) -> TimelineEntry:
@@ -237,8 +255,14 @@ def describe(record: Any) -> TimelineEntry:
                        f"{_state_words(data.get('state'))}, version {_words(data.get('version'))}")
     elif event == "token.issued":
         kind, title = "token", "Token issued"
-        details.append(f"{_words(data.get('grant_type', 'unknown'))} grant, "
+        grant_type = _words(data.get("grant_type", "unknown"))
+        details.append(f"{_GRANT_WORDS.get(grant_type, grant_type)} grant, "
                        f"derivation {_words(data.get('derivation'))}")
+        depth = _chain_depth(data.get("act"))
+        if depth:
+            # A delegated token (docs/delegation.md): the actor line says for whom.
+            title = "Token issued to a delegate"
+            details.append(f"delegation depth {depth}")
         audience = data.get("aud")
         if isinstance(audience, list):
             details.append("for " + ", ".join(_words(item) for item in audience))

@@ -1,12 +1,14 @@
 """What the delegation tests share: an issuer app whose catalog lets the ERP API's reads go two
 delegates deep (``demo-subagent``, then ``tool-runner``), a client the catalog never names
-(``outsider``), and the token exchange request a delegate sends (docs/delegation.md)."""
+(``outsider``), the token exchange request a delegate sends (docs/delegation.md), and the
+check a Resource Server makes of a DPoP-bound token."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from joserfc.jwk import Key
 
 from missionbound.config import ENV_PREFIX, Settings
 from missionbound.mission.catalog import DelegationCeiling
+from missionbound.protocol.dpop import DPoPProofError, verify_dpop_proof
 from missionbound.tenant import Client, SecretHash, Tenant
 from tests.issuer import flow as flow_module
 from tests.issuer.flow import ERP, MCP, SUBAGENT, Flow, build_flow
@@ -90,6 +93,45 @@ def exchange(flow: Flow, subject: str, *, key: Key | None,
 
 def entries_by_resource(claims: dict[str, Any]) -> dict[str, list[str]]:
     return {entry["resource"]: entry["actions"] for entry in claims["authorization_details"]}
+
+
+@dataclass(frozen=True)
+class ResourceServer:
+    """The resource check of an RS-B/RS-C API at ``resource`` (there is no RS kit yet), made
+    of the real parts: the AS's introspection over HTTP with the API's own credentials
+    (``demo-rs``), :func:`missionbound.protocol.dpop.verify_dpop_proof` and the token's
+    ``cnf.jkt`` (RFC 9449 section 7.1): the token is active, names this API as an audience,
+    and the request's proof is signed by the key the token is bound to and carries its
+    ``ath``."""
+
+    flow: Flow
+    resource: str = ERP
+    credentials: tuple[str, str] = ("demo-rs", "demo-rs-secret")
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        response = self.flow.client.post("/introspect", data={"token": token},
+                                         auth=self.credentials)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def accepts(self, token: str, proof: str, *, method: str = "GET",
+                path: str = "/invoices") -> bool:
+        answer = self.introspect(token)
+        if answer.get("active") is not True:
+            return False
+        audience = answer.get("aud")
+        if self.resource not in ([audience] if isinstance(audience, str) else audience or []):
+            return False
+        jkt = (answer.get("cnf") or {}).get("jkt")
+        if not isinstance(jkt, str):
+            return False  # a bearer token: this API takes DPoP-bound tokens only
+        try:
+            checked = verify_dpop_proof(proof, method=method, url=self.resource + path,
+                                        now=self.flow.now(), access_token=token)
+        except DPoPProofError:
+            return False
+        return checked.jkt == jkt
 
 
 __all__ = ["ERP", "MCP"]

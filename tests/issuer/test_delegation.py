@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from collections.abc import Iterator
 from html import unescape
 from typing import Any
@@ -15,13 +17,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from missionbound.protocol.dpop import DPoPProofError, access_token_hash, verify_dpop_proof
-from missionbound.store.models import AuditRecord, IssuedToken
+from missionbound.issuer.authorization_code import revoke_grant
+from missionbound.issuer.opaque import opaque_hash
+from missionbound.protocol.dpop import access_token_hash
+from missionbound.store.models import AuditRecord, IssuedToken, RefreshToken
 from tests.issuer.delegation_support import (
     ACCESS_TOKEN,
     OUTSIDER,
     REFRESH_TOKEN,
     TOOL_RUNNER,
+    ResourceServer,
     delegation_flow,
     entries_by_resource,
     exchange,
@@ -35,13 +40,14 @@ from tests.issuer.flow import (
     Flow,
     Grant,
     audit_verifies,
+    last_audit_seq,
     mission_intent,
+    refusals,
     refused,
 )
 from tests.issuer.governance_support import governance
-from tests.protocol.proofs import generate_key, make_proof
-
-RS = ("demo-rs", "demo-rs-secret")
+from tests.protocol.proofs import DROP, generate_key, make_proof
+from tests.store.concurrency import run_concurrently
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +71,8 @@ def delegated(flow: Flow, subject_token: str, *, auth: tuple[str, str] = SUBAGEN
 
 
 def introspect(flow: Flow, token: str) -> dict[str, Any]:
-    response = flow.client.post("/introspect", data={"token": token}, auth=RS)
-    assert response.status_code == 200, response.text
-    result: dict[str, Any] = response.json()
-    return result
+    """The answer the ERP API (``demo-rs``) gets from /introspect."""
+    return ResourceServer(flow, ERP).introspect(token)
 
 
 # -- what a delegate gets -------------------------------------------------------------------
@@ -247,6 +251,36 @@ def test_an_unauthenticated_delegate_is_refused_without_record(flow: Flow) -> No
             status=401, error="invalid_client", audited=None)
 
 
+def test_a_refusal_names_the_mission_once_the_subject_token_is_known(flow: Flow) -> None:
+    grant = agent_grant(flow)
+    first = exchange_token(flow, grant.access_token, resource=ERP)
+    second = exchange_token(flow, first, auth=TOOL_RUNNER)
+    cases: list[tuple[Any, str, str | None]] = [
+        # The subject token is not known: the refusal names no Mission.
+        (lambda: exchange(flow, "not-a-token", key=generate_key()), "invalid_grant", None),
+        (lambda: exchange(flow, grant.access_token, key=generate_key(),
+                          authorization_details="[1"), "invalid_request", None),
+        # Known from here on: the refusal is the Mission's evidence.
+        (lambda: exchange(flow, grant.access_token, key=generate_key(), auth=OUTSIDER),
+         "invalid_target", grant.mission_id),
+        (lambda: exchange(flow, second, key=generate_key()), "invalid_grant",
+         grant.mission_id),
+        (lambda: exchange(flow, grant.access_token, key=None), "invalid_dpop_proof",
+         grant.mission_id),
+        (lambda: exchange(flow, grant.access_token, key=generate_key(), auth=AGENT),
+         "invalid_request", grant.mission_id),
+        (lambda: exchange(flow, grant.access_token, key=generate_key(),
+                          actor_token=grant.access_token, actor_token_type=ACCESS_TOKEN),
+         "invalid_grant", grant.mission_id),
+    ]
+    for send, error, mission_id in cases:
+        seq = last_audit_seq(flow.engine)
+        refused(flow, send, status=400, error=error, audited="token.refused")
+        [record] = refusals(flow.engine, seq)
+        assert record["mission_id"] == mission_id, (error, record)
+        assert record["actor"]["client_id"] in (SUBAGENT[0], AGENT[0], OUTSIDER[0])
+
+
 # -- the Mission's state and its cap --------------------------------------------------------
 
 
@@ -300,6 +334,46 @@ def test_a_replayed_code_revokes_the_delegated_tokens_of_its_grant(flow: Flow) -
     assert introspect(flow, delegate_token) == {"active": False}
 
 
+def test_a_replayed_refresh_token_revokes_the_delegated_tokens_of_its_grant(
+        flow: Flow) -> None:
+    grant = agent_grant(flow)
+    delegate_token = exchange_token(flow, grant.access_token)
+    key = grant.dpop_key
+    assert key is not None
+    rotated = flow.refresh(grant.refresh_token, dpop=flow.dpop(key))
+    assert rotated.status_code == 200, rotated.text
+    # The same delegate's token from the rotated grant's new access token: same family.
+    later = exchange_token(flow, rotated.json()["access_token"])
+    replay = flow.refresh(grant.refresh_token, dpop=flow.dpop(key))
+    assert replay.status_code == 400
+    assert introspect(flow, delegate_token) == {"active": False}
+    assert introspect(flow, later) == {"active": False}
+
+
+def test_the_agent_revoking_its_grant_revokes_its_delegates(flow: Flow) -> None:
+    grant = agent_grant(flow)
+    delegate_token = exchange_token(flow, grant.access_token)
+    # RFC 7009: revoking the refresh token revokes the grant, and the delegate's token with it.
+    revoked = flow.client.post("/revoke", data={"token": grant.refresh_token}, auth=AGENT)
+    assert revoked.status_code == 200
+    assert introspect(flow, delegate_token) == {"active": False}
+    with flow.store.read() as session, session.begin():
+        row = session.get(RefreshToken, opaque_hash(grant.refresh_token))
+    assert row is not None and row.revoked_at is not None
+
+
+def test_a_delegate_revokes_only_its_own_token(flow: Flow) -> None:
+    grant = agent_grant(flow)
+    delegate_token = exchange_token(flow, grant.access_token)
+    # The delegate cannot revoke the agent's token, only its own (RFC 7009 section 2.1).
+    foreign = flow.client.post("/revoke", data={"token": grant.access_token}, auth=SUBAGENT)
+    assert foreign.status_code == 400
+    own = flow.client.post("/revoke", data={"token": delegate_token}, auth=SUBAGENT)
+    assert own.status_code == 200
+    assert introspect(flow, delegate_token) == {"active": False}
+    assert introspect(flow, grant.access_token)["active"] is True
+
+
 def test_a_delegated_token_never_outlives_its_subject_token(flow: Flow) -> None:
     grant = agent_grant(flow)
     subject_exp = flow.decode(grant.access_token)[1]["exp"]
@@ -310,22 +384,60 @@ def test_a_delegated_token_never_outlives_its_subject_token(flow: Flow) -> None:
     assert claims["exp"] == subject_exp
 
 
+def test_racing_exchanges_never_pass_the_cap(flow: Flow) -> None:
+    """DESIGN.md "Atomic truth": twenty delegates' exchanges at once against a Mission with
+    five derivations left; exactly five get a token, the others are refused with
+    derivations_exhausted, and nothing is counted twice."""
+    intent = mission_intent(flow.now())
+    intent["context"] = {**intent["context"], "max_derivations": 6}
+    grant = agent_grant(flow, intent=intent)  # derivation 1
+    flow.issuer._signer = None  # the race must not depend on a warm signing-key cache
+    results = run_concurrently(20, lambda _: exchange(flow, grant.access_token,
+                                                      key=generate_key()))
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not failures, failures[:1]
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    won = [r for r in answered if r.status_code == 200]
+    assert len(won) == 5
+    assert {(r.status_code, r.json()["error"], r.json().get("mission_error"))
+            for r in answered if r.status_code != 200} == {
+        (400, "invalid_grant", "derivations_exhausted")}
+    assert flow.derivations(grant.mission_id) == 6
+    with flow.store.read() as session, session.begin():
+        delegated_rows = session.scalars(select(IssuedToken.jti).where(
+            IssuedToken.mission_id == grant.mission_id,
+            IssuedToken.client_id == SUBAGENT[0])).all()
+    assert len(delegated_rows) == 5
+    audit_verifies(flow.engine)
+
+
+def test_a_code_replay_racing_exchanges_leaves_no_delegate_token_alive(flow: Flow) -> None:
+    """The exchange takes the grant's lock (issuer/delegation.py ``_lock_live_grant``): a
+    replayed code revoking the grant while delegates exchange its token either sees their
+    rows or makes them fail, so no delegated token of a revoked grant stays active."""
+    key = generate_key()
+    pushed, code = flow.approved_code()
+    first = flow.redeem(code, pushed.pkce.verifier, dpop=flow.dpop(key))
+    assert first.status_code == 200, first.text
+    subject = first.json()["access_token"]
+
+    def race(index: int) -> Any:
+        if index == 0:
+            return flow.redeem(code, pushed.pkce.verifier, dpop=flow.dpop(key))
+        return exchange(flow, subject, key=generate_key())
+
+    results = run_concurrently(12, race)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not failures, failures[:1]
+    assert results[0].status_code == 400
+    exchanged = [r for r in results[1:] if r.status_code == 200]
+    assert all(r.json()["error"] == "invalid_grant" for r in results[1:] if r.status_code != 200)
+    for response in exchanged:
+        assert introspect(flow, response.json()["access_token"]) == {"active": False}
+    assert introspect(flow, subject) == {"active": False}
+
+
 # -- a Resource Server enforces the delegate's key --------------------------------------------
-
-
-def resource_server_accepts(flow: Flow, token: str, proof: str) -> bool:
-    """What an RS-B/RS-C check does with a DPoP-bound token (RFC 9449 section 7): the token
-    is active (introspection at the AS), and the request's proof is of its cnf.jkt and
-    carries its ath."""
-    answer = introspect(flow, token)
-    if not answer.get("active"):
-        return False
-    try:
-        checked = verify_dpop_proof(proof, method="GET", url=f"{ERP}/invoices",
-                                    now=flow.now(), access_token=token)
-    except DPoPProofError:
-        return False
-    return checked.jkt == answer["cnf"]["jkt"]
 
 
 def test_the_resource_server_takes_only_the_delegates_key(flow: Flow) -> None:
@@ -333,16 +445,23 @@ def test_the_resource_server_takes_only_the_delegates_key(flow: Flow) -> None:
     grant = flow.grant(dpop_key=agent_key)
     body, claims, delegate_key = delegated(flow, grant.access_token)
     token = body["access_token"]
+    erp = ResourceServer(flow, ERP)
 
-    def proof(key: Any) -> str:
+    def proof(key: Any, presented: str, *, bound: bool = True) -> str:
         return make_proof(key, htm="GET", htu=f"{ERP}/invoices",
-                          iat=int(flow.now().timestamp()), ath=access_token_hash(token))
+                          iat=int(flow.now().timestamp()),
+                          ath=access_token_hash(presented) if bound else DROP)
 
-    assert resource_server_accepts(flow, token, proof(delegate_key))
-    # The agent's key (and any other) does not make the delegate's token usable.
-    assert not resource_server_accepts(flow, token, proof(agent_key))
-    assert not resource_server_accepts(flow, token, proof(generate_key()))
-    assert claims["cnf"]["jkt"] != agent_key.thumbprint()
+    assert claims["cnf"]["jkt"] == delegate_key.thumbprint() != agent_key.thumbprint()
+    assert erp.accepts(token, proof(delegate_key, token))
+    # The agent's key (or any other) does not make the delegate's token usable...
+    assert not erp.accepts(token, proof(agent_key, token))
+    assert not erp.accepts(token, proof(generate_key(), token))
+    # ...nor the delegate's key without the token's hash in the proof.
+    assert not erp.accepts(token, proof(delegate_key, token, bound=False))
+    # The agent's own token still goes with the agent's key only.
+    assert erp.accepts(grant.access_token, proof(agent_key, grant.access_token))
+    assert not erp.accepts(grant.access_token, proof(delegate_key, grant.access_token))
 
 
 # -- the console shows who acted for whom ------------------------------------------------------
@@ -358,3 +477,30 @@ def test_the_console_timeline_shows_the_actor_chain(flow: Flow) -> None:
     assert "by client demo-subagent , acting for client demo-agent" in text
     assert ("by client tool-runner , acting for client demo-subagent → client demo-agent"
             in text)
+    assert text.count("Token issued to a delegate") == 2
+    assert "delegation depth 2" in text
+
+
+def test_an_exchange_racing_a_revocation_of_its_grant_is_refused(flow: Flow) -> None:
+    """The grant of the subject token is being revoked (a replayed code, say) while a
+    delegate exchanges the token: the exchange waits for the revocation and is refused,
+    rather than committing a delegated token the revocation missed."""
+    grant = agent_grant(flow)
+    jti = flow.decode(grant.access_token)[1]["jti"]
+    with flow.store.read() as session, session.begin():
+        row = session.get(IssuedToken, jti)
+        assert row is not None and row.grant_id is not None
+        grant_id = row.grant_id
+    answers: list[Any] = []
+    racer = threading.Thread(
+        target=lambda: answers.append(exchange(flow, grant.access_token, key=generate_key())))
+    with flow.store.begin() as session:
+        revoke_grant(session, grant_id, now=flow.now())
+        racer.start()
+        # Give the exchange time to reach the grant's lock (not an assertion on time: the
+        # outcome must be the same however far it got).
+        time.sleep(0.5)
+    racer.join(timeout=60)
+    assert answers, "the exchange did not finish"
+    assert answers[0].status_code == 400 and answers[0].json()["error"] == "invalid_grant"
+    assert introspect(flow, grant.access_token) == {"active": False}

@@ -165,9 +165,16 @@ def test_the_lifetime_is_the_setting_and_never_past_the_subject_token(flow: Flow
 
 def test_a_gateway_gets_txn_tokens_for_its_own_resource_only(flow: Flow) -> None:
     grant = flow.grant()
-    _, token = issue(flow, grant.access_token, auth=ERP_GATEWAY,
-                     scope="journal-entries.write")
+    _, token = issue(flow, grant.access_token, auth=ERP_GATEWAY, scope="invoices.read")
     assert token.req_wl == ERP_GATEWAY[0] and token.rctx["req_wl"] == ERP_GATEWAY[0]
+    # journal-entries.write is granted with max_value: a scope value cannot carry the bound
+    # (decision Z11).
+    assert "constraints" in next(entry for entry in claims_of(grant.access_token)[
+        "authorization_details"] if "journal-entries.write" in entry["actions"])
+    refused_txn(flow, lambda: request_txn_token(flow.client, grant.access_token,
+                                                auth=ERP_GATEWAY,
+                                                scope="journal-entries.write"),
+                "invalid_scope", mission_id=grant.mission_id)
     # An action of the MCP gateway's resource is more than it may ask for.
     refused_txn(flow, lambda: request_txn_token(flow.client, grant.access_token,
                                                 auth=ERP_GATEWAY, scope="get_invoice"),

@@ -758,3 +758,32 @@ def change_without_page(browser: TestClient, mission_id: str, operation: str) ->
     csrf = form_of(browser.get("/console/").text, "/console/sign-out").hidden
     return browser.post(f"/console/missions/{mission_id}/lifecycle",
                         data={**csrf, "operation": operation, "reason": "r", "confirm": "yes"})
+
+
+# -- delegation on the timeline (docs/delegation.md) ------------------------------------------
+
+
+def test_the_timeline_shows_whom_a_delegate_acted_for(flow: Flow, bob: TestClient) -> None:  # noqa: F811
+    from tests.issuer.delegation_support import exchange
+    from tests.issuer.flow import AGENT
+    from tests.protocol.proofs import generate_key
+
+    grant = mission_for(flow, "alice")
+    # The demo catalog lets demo-subagent receive the reads, one hop deep.
+    delegated = exchange(flow, grant.access_token, key=generate_key())
+    assert delegated.status_code == 200, delegated.text
+    # demo-agent may not receive its own delegate's token: refused, and on the timeline.
+    back = exchange(flow, delegated.json()["access_token"], key=generate_key(), auth=AGENT)
+    assert back.status_code == 400 and back.json()["error"] == "invalid_target", back.text
+
+    page = bob.get(f"/console/missions/{grant.mission_id}")
+    assert page.status_code == 200, page.text
+    titles = re.findall(r'<strong class="mb-entry-title">([^<]+)</strong>', page.text)
+    assert titles == ["Mission requested", "Approved", "Token issued",
+                      "Token issued to a delegate", "Token request refused"]
+    text = plain(page.text)
+    assert "by client demo-subagent, acting for client demo-agent" in text
+    assert "token exchange grant, derivation 2; delegation depth 1" in text
+    # The agent's own token and the refusal name no chain.
+    assert "by client demo-agent, acting for" not in text
+    assert "invalid_target" in text
