@@ -15,6 +15,18 @@ any unexpected status stops the benchmark.
   ``invoices.read`` at the ERP API. Skipped, with the server's answer, while the server does
   not issue delegated tokens.
 
+* ``cross-domain.<db>.id-jag+redeem`` (and ``x2``): the full round trip of issue 5, over two
+  real ``missionbound serve`` processes on 127.0.0.1 with their own configuration files: the
+  origin (role issuer, on ``<db>``; the Resource AS as the ``resource_authorities`` entry for
+  ``<origin>/demo/erp``, and a status client whose ``audiences`` hold that API) and a Resource
+  AS (role resource_as, on SQLite; ``trusted_origins`` = the origin with that status client,
+  ``demo-agent`` under its own secret, a catalog serving ``<origin>/demo/erp`` with the demo's
+  actions). Each round trip is the ID-JAG token exchange at the origin, then its redemption at
+  the Resource AS (RFC 7523 JWT bearer grant, a DPoP proof of the same key), which asks the
+  origin's signed Mission Status on every redemption (decision F3); the two requests are timed
+  together, both proofs signed beforehand. One Mission per client thread (x1: sequential).
+  The tenants use fresh secrets (demo secrets are refused outside the demo tenant).
+
 Each Mission's ``max_derivations`` is out of reach (the issuance suite's intent), so the gate
 never refuses.
 """
@@ -23,26 +35,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import importlib.util
 import json
 import math
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 from issuance_suites import (
     AGENT_BASIC,
+    APPROVER,
     CLIENT_THREADS,
     PROOFS_PER_SECOND,
+    REDIRECT_URI,
     SERVER_STOP_TIMEOUT,
+    SUBJECT,
     BenchFailure,
     DPoPKey,
     InProcess,
@@ -52,12 +71,18 @@ from issuance_suites import (
     Worker,
     _log_like_serve,
     _post,
+    _send,
     _wait_until_healthy,
     basic,
+    bench_intent,
     drive,
     free_port,
+    hidden_inputs,
     issue_many,
     latency_result,
+    pkce,
+    process_cpu_seconds,
+    query_of,
 )
 from store_suites import fresh_database_url, postgres_problem
 from suites import ISSUER, Bench
@@ -67,6 +92,7 @@ from missionbound.issuer.keys import ensure_signing_key
 from missionbound.store.engine import create_engine_for
 from missionbound.store.migrate import upgrade
 from missionbound.store.transactions import Store
+from missionbound.tenant import DEMO_TENANT_FILE
 from missionbound.web.app import create_app
 
 SUBAGENT_BASIC = basic(("demo-subagent", "demo-subagent-secret"))
@@ -299,6 +325,325 @@ def concurrent_bench(backend: str, use: Use, threads: int, *, factor: float) -> 
     return setup
 
 
+# -- the round trip: ID-JAG at the origin, redeemed at a Resource AS (two real servers) -------
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+ROUND_TRIP_THREADS = (1, 2)
+# Proof pairs signed beforehand per second of measurement (several times what two servers
+# answer); a client that runs out ends the measured window early, as in `drive`.
+ROUND_TRIPS_PER_SECOND = 400
+SERVE_ATTEMPTS = 3  # a port taken between choosing it and binding it: start the pair again
+# Fresh per process: the tenants refuse the demo secrets outside the demo tenant.
+ORIGIN_AGENT = ("demo-agent", "bench-agent-origin-" + secrets.token_urlsafe(12))
+RAS_AGENT = ("demo-agent", "bench-agent-ras-" + secrets.token_urlsafe(12))
+STATUS_CLIENT = ("bench-ras-status", "bench-status-" + secrets.token_urlsafe(12))
+APPROVER_PASSWORD = "bench-bob-" + secrets.token_urlsafe(8)
+
+
+def origin_config(origin: str, ras: str) -> str:
+    """The origin (role issuer): the demo tenant's users, agent and catalog under fresh
+    secrets, plus the Resource AS's status client (an audience of the demo ERP API), and the
+    Resource AS as the authority for that API. Adapted from tests/cross_domain/two_domains.py;
+    the catalog is the packaged demo tenant's own."""
+    demo = DEMO_TENANT_FILE.read_text()
+    catalog = demo[demo.index("\n[catalog]\n"):]
+    return textwrap.dedent(f"""\
+        expiry_sweep_seconds = 0
+        signals_delivery_seconds = 0
+
+        [[resource_authorities]]
+        issuer = "{ras}"
+        resources = ["{origin}/demo/erp"]
+
+        [tenant]
+        name = "bench-origin"
+
+        [[users]]
+        username = "alice"
+        password = "bench-alice-{secrets.token_urlsafe(8)}"
+        display_name = "Alice Example"
+
+        [[users]]
+        username = "{APPROVER[0]}"
+        password = "{APPROVER_PASSWORD}"
+        display_name = "Bob Manager"
+        roles = ["admin"]
+        may_approve_for = ["{SUBJECT}"]
+
+        [[clients]]
+        client_id = "{ORIGIN_AGENT[0]}"
+        client_secret = "{ORIGIN_AGENT[1]}"
+        token_endpoint_auth_methods = ["client_secret_basic"]
+        redirect_uris = ["{REDIRECT_URI}"]
+        mission_purposes_registered = ["https://missionbound.dev/purposes/accounts-payable"]
+        mission_resources = {{ "{{issuer}}/demo/erp" = ["*"], "{{issuer}}/demo/mcp" = ["*"] }}
+
+        [[clients]]
+        client_id = "{STATUS_CLIENT[0]}"
+        client_secret = "{STATUS_CLIENT[1]}"
+        token_endpoint_auth_methods = ["client_secret_basic"]
+        redirect_uris = []
+        mission_resources = {{}}
+        audiences = ["{{issuer}}/demo/erp"]
+        """) + catalog
+
+
+def ras_config(origin: str) -> str:
+    """The Resource AS (role resource_as): trusts the origin (asking its Mission Status as
+    the status client), knows ``demo-agent`` under its own secret, and catalogs the origin's
+    demo ERP API with the demo's actions."""
+    return textwrap.dedent(f"""\
+        role = "resource_as"
+        expiry_sweep_seconds = 0
+
+        [[trusted_origins]]
+        issuer = "{origin}"
+        status_client_id = "{STATUS_CLIENT[0]}"
+        status_client_secret = "{STATUS_CLIENT[1]}"
+
+        [tenant]
+        name = "bench-partner"
+
+        [[clients]]
+        client_id = "{RAS_AGENT[0]}"
+        client_secret = "{RAS_AGENT[1]}"
+        token_endpoint_auth_methods = ["client_secret_basic"]
+        redirect_uris = []
+
+        [catalog]
+        version = "bench-partner-catalog:1"
+
+        [[catalog.resources]]
+        uri = "{origin}/demo/erp"
+        title = "Demo ERP API (of the origin's domain)"
+
+        [[catalog.resources.actions]]
+        name = "invoices.read"
+        description = "list and read invoices"
+        class = "consequential_read"
+
+        [[catalog.resources.actions]]
+        name = "journal-entries.write"
+        description = "post journal entries"
+        class = "consequential_write"
+        constraints = {{ max_value = "amount" }}
+        ceiling = {{ max_value = {{ amount = "10000.00", currency = "USD" }} }}
+        """)
+
+
+@dataclass(frozen=True)
+class Pair:
+    origin: Server
+    ras: Server
+
+
+class _PortTaken(BenchFailure):
+    pass
+
+
+@contextlib.contextmanager
+def _serve(folder: Path, port: int, config: str, database_url: str) -> Iterator[Server]:
+    """One ``missionbound serve --config`` on 127.0.0.1, stopped when the block ends."""
+    folder.mkdir()
+    config_file = folder / "missionbound.toml"
+    config_file.write_text(config)
+    base = f"http://127.0.0.1:{port}"
+    environment = {name: value for name, value in os.environ.items()
+                   if not name.upper().startswith("MISSIONBOUND_")}
+    environment["MISSIONBOUND_DATA_DIR"] = str(folder)
+    command = [sys.executable, "-m", "missionbound", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--issuer", base, "--config", str(config_file),
+               "--database-url", database_url]
+    stderr_path = folder / "stderr.log"
+    with open(folder / "stdout.log", "wb") as out, open(stderr_path, "wb") as err:
+        process = subprocess.Popen(command, cwd=folder, env=environment, stdout=out,
+                                   stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        try:
+            _wait_until_healthy(base, process, stderr_path)
+        except BenchFailure as failure:
+            if "address already in use" in str(failure).lower():
+                raise _PortTaken(str(failure)) from None
+            raise
+        yield Server(base, process.pid)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=SERVER_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=SERVER_STOP_TIMEOUT)
+
+
+@contextlib.contextmanager
+def two_domains(origin_backend: str) -> Iterator[Pair]:
+    """The origin (on ``origin_backend``) and the Resource AS (SQLite), each with its own
+    configuration, database and port; both stopped (the Resource AS first) before their
+    databases are removed, whatever happens."""
+    for attempt in range(SERVE_ATTEMPTS):
+        origin_port, ras_port = free_port(), free_port()
+        if origin_port == ras_port:
+            continue
+        origin, ras = f"http://127.0.0.1:{origin_port}", f"http://127.0.0.1:{ras_port}"
+        with contextlib.ExitStack() as stack:
+            folder = Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="mb-bench-domains-")))
+            origin_url = stack.enter_context(fresh_database_url(origin_backend))
+            ras_url = stack.enter_context(fresh_database_url("sqlite"))
+            try:
+                origin_server = stack.enter_context(_serve(
+                    folder / "origin", origin_port, origin_config(origin, ras), origin_url))
+                ras_server = stack.enter_context(_serve(
+                    folder / "ras", ras_port, ras_config(origin), ras_url))
+            except _PortTaken:
+                if attempt + 1 == SERVE_ATTEMPTS:
+                    raise
+                continue
+            yield Pair(origin_server, ras_server)
+            return
+    raise BenchFailure(f"could not start the two domains in {SERVE_ATTEMPTS} attempts")
+
+
+async def approved_mission(client: httpx.AsyncClient, origin: str) -> Issued:
+    """One Mission at the origin, as the issuance suite's ``issue`` makes it (PAR with DPoP,
+    /authorize, consent, code + DPoP), with the origin tenant's credentials; ``client`` holds
+    the approver's signed-in session."""
+    key, steps = DPoPKey(), {}
+    verifier, challenge = pkce()
+    agent = basic(ORIGIN_AGENT)
+    par_proof, token_proof = key.proof(f"{origin}/par"), key.proof(f"{origin}/token")
+    pushed = await _send(client, steps, "par", "POST", "/par", expect=201, headers={
+        "Authorization": agent, "DPoP": par_proof}, data={
+        "response_type": "code", "client_id": ORIGIN_AGENT[0], "redirect_uri": REDIRECT_URI,
+        "code_challenge": challenge, "code_challenge_method": "S256", "state": "bench",
+        "mission_intent": bench_intent(origin), "login_hint": SUBJECT})
+    page = await _send(client, steps, "authorize", "GET", "/authorize?" + urlencode(
+        {"client_id": ORIGIN_AGENT[0], "request_uri": pushed.json()["request_uri"]}),
+        expect=200)
+    approved = await _send(client, steps, "consent", "POST", "/consent", expect=303,
+                           data={**hidden_inputs(page.text), "decision": "approve"})
+    code = query_of(approved.headers["location"]).get("code")
+    if code is None:
+        raise BenchFailure(f"consent did not return a code: {approved.headers['location']}")
+    tokens = await _send(client, steps, "token", "POST", "/token", expect=200, headers={
+        "Authorization": agent, "DPoP": token_proof}, data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI,
+        "code_verifier": verifier})
+    body = tokens.json()
+    if body.get("token_type") != "DPoP":
+        raise BenchFailure(f"the token is not DPoP-bound: {body.get('token_type')}")
+    return Issued(key, body["access_token"], body["refresh_token"], steps)
+
+
+async def approved_missions(origin: str, count: int) -> list[Issued]:
+    async with httpx.AsyncClient(base_url=origin, timeout=30) as client:
+        page = await _send(client, {}, "sign-in", "GET", "/login", expect=200,
+                           params={"next": "/"})
+        await _send(client, {}, "sign-in", "POST", "/login", expect=303, data={
+            **hidden_inputs(page.text), "username": APPROVER[0],
+            "password": APPROVER_PASSWORD})
+        return [await approved_mission(client, origin) for _ in range(count)]
+
+
+def round_trip_worker(pair: Pair, issued: Issued, proofs: list[tuple[str, str]],
+                      connections: list[http.client.HTTPConnection]) -> Worker:
+    """Per round trip: the ID-JAG from the origin (on the worker's connection), then its
+    redemption at the Resource AS (on a keep-alive connection of this worker's own, kept in
+    ``connections`` to be closed afterwards). Both proofs were signed beforehand."""
+    supply = iter(proofs)
+    ras = urlsplit(pair.ras.base)
+    to_ras: http.client.HTTPConnection | None = None
+    exchange = {"grant_type": TOKEN_EXCHANGE, "requested_token_type": ID_JAG,
+                "subject_token": issued.refresh_token, "subject_token_type": REFRESH_TOKEN,
+                "audience": pair.ras.base}
+    origin_auth, ras_auth = basic(ORIGIN_AGENT), basic(RAS_AGENT)
+
+    def send(connection: http.client.HTTPConnection) -> None:
+        nonlocal to_ras
+        if to_ras is None:
+            to_ras = http.client.HTTPConnection(ras.hostname or "127.0.0.1", ras.port or 80,
+                                                timeout=30)
+            connections.append(to_ras)
+        exchange_proof, redeem_proof = next(supply)
+        status, body = _post(connection, "/token", exchange, {
+            "Authorization": origin_auth, "DPoP": exchange_proof})
+        check(ID_JAG_USE, status, body)
+        grant = json.loads(body)["access_token"]
+        status, body = _post(to_ras, "/token", {"grant_type": JWT_BEARER, "assertion": grant},
+                             {"Authorization": ras_auth, "DPoP": redeem_proof})
+        if status != 200 or json.loads(body).get("token_type") != "DPoP":
+            raise BenchFailure(f"redeem at the Resource AS: HTTP {status}: {body[:300]!r}")
+
+    return Worker(send)
+
+
+def round_trip_bench(origin_backend: str, threads: int, *, factor: float) -> Setup:
+    """``threads`` clients, each with its own Mission at the origin, each round trip an
+    ID-JAG issuance at the origin then its redemption at the Resource AS (which asks the
+    origin's Mission Status), timed together."""
+
+    @contextlib.contextmanager
+    def setup() -> Iterator[Callable[[float], dict[str, Any]]]:
+        with two_domains(origin_backend) as pair, asyncio.Runner() as runner:
+            missions = runner.run(approved_missions(pair.origin.base, threads))
+            origin_token, ras_token = f"{pair.origin.base}/token", f"{pair.ras.base}/token"
+
+            def measure(seconds: float) -> dict[str, Any]:
+                per_thread = math.ceil(seconds * ROUND_TRIPS_PER_SECOND / threads) + 20
+                connections: list[http.client.HTTPConnection] = []
+                workers = [round_trip_worker(pair, issued, [
+                    (issued.key.proof(origin_token), issued.key.proof(ras_token))
+                    for _ in range(per_thread)], connections) for issued in missions]
+                ras_cpu = process_cpu_seconds(pair.ras.pid)
+                try:
+                    result = drive(pair.origin, workers, seconds)
+                finally:
+                    for connection in connections:
+                        connection.close()
+                ras_after = process_cpu_seconds(pair.ras.pid)
+                origin_cpu = result["cpu_us_per_op"]
+                ras_us = (None if ras_cpu is None or ras_after is None
+                          else (ras_after - ras_cpu) / result["samples"] * 1e6)
+                if origin_cpu is not None and ras_us is not None:
+                    result["cpu_us_per_op"] = origin_cpu + ras_us
+                result.update(origin_cpu_us_per_op=origin_cpu, ras_cpu_us_per_op=ras_us)
+                cpu = ("" if origin_cpu is None or ras_us is None else
+                       f"; server CPU per round trip: origin {origin_cpu / 1e3:.2f} ms "
+                       f"(ID-JAG + Mission Status), Resource AS {ras_us / 1e3:.2f} ms")
+                result["detail"] = (f"{threads} client thread(s), "
+                                    f"{result['samples']} round trips in "
+                                    f"{result['window_s']:.2f} s{cpu}")
+                return result
+
+            measure(0.2)  # warm up: connections, caches, the Resource AS's JWKS of the origin
+
+            def run(seconds: float) -> dict[str, Any]:
+                return measure(seconds * factor)
+
+            yield run
+
+    return setup
+
+
+def _round_trip_benches(origin_backend: str) -> list[Bench]:
+    db = "sqlite" if origin_backend == "sqlite" else "pg"
+    where = ("origin and Resource AS on SQLite temp files" if origin_backend == "sqlite"
+             else "origin on a PostgreSQL fresh schema, Resource AS on a SQLite temp file")
+    return [
+        TimedBench(
+            f"cross-domain.{db}.id-jag+redeem" + ("" if threads == 1 else f" x{threads}"),
+            round_trip_bench(origin_backend, threads, factor=1.5),
+            note=f"per round trip, {threads} Mission(s), one per client thread, sequential "
+                 "within a thread: token exchange refresh token -> ID-JAG at the origin "
+                 "(DPoP), then the RFC 7523 JWT bearer grant at the Resource AS (DPoP, same "
+                 "key; it asks the origin's signed Mission Status) -> local token; two real "
+                 "`missionbound serve` (uvicorn, 1 process each) on 127.0.0.1, http.client "
+                 f"keep-alive; {where}")
+        for threads in ROUND_TRIP_THREADS
+    ]
+
+
 # -- the suite ----------------------------------------------------------------------------------
 
 
@@ -342,4 +687,10 @@ def cross_domain_benches() -> list[Bench]:
         benches += _benches("postgresql", uses)
     else:
         print(f"cross-domain: PostgreSQL benchmarks skipped: {pg_problem}", flush=True)
+    if ID_JAG_USE in uses:
+        benches += _round_trip_benches("sqlite")
+        if pg_problem is None:
+            benches += _round_trip_benches("postgresql")
+    else:
+        print("cross-domain: id-jag+redeem benchmarks skipped with id-jag", flush=True)
     return benches
