@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from missionbound.config import TrustedOrigin
+from missionbound.issuer.id_jag import ID_JAG_TYPE
 from missionbound.issuer.trusted_origins import (
     TrustedOrigins,
     UntrustedToken,
@@ -36,7 +37,6 @@ from missionbound.mission.errors import InvalidAuthorizationDetails, InvalidTarg
 from missionbound.mission.record import MISSION_ID
 from missionbound.store.errors import InvalidGrant
 
-ID_JAG_TYPE = "oauth-id-jag+jwt"
 # RFC 7523 section 3 items 4-6: "a reasonable small leeway" for clock skew.
 LEEWAY = timedelta(seconds=30)
 # PROFILE.md section 11: an ID-JAG lives at most 300 s.

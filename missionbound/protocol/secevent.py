@@ -35,19 +35,14 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from joserfc import jws
-from joserfc.errors import JoseError
-from joserfc.jwk import Key
-
 from missionbound.mission.errors import MissionError, wire_text
-from missionbound.protocol.jose_segments import AllowListRegistry, json_object_segment
-from missionbound.protocol.jwks import (
-    SIGNATURE_ALGS,
-    KeyNotFound,
-    KeySource,
-    UnsuitableKey,
-    signature_key,
+from missionbound.protocol.jose_segments import (
+    AllowListRegistry,
+    JwsRefused,
+    read_compact,
+    verify_signed_jws,
 )
+from missionbound.protocol.jwks import SIGNATURE_ALGS, KeySource
 
 SET_TYPE = "secevent+jwt"  # RFC 8417 section 2.3
 SET_MEDIA_TYPE = "application/secevent+jwt"  # RFC 8417 section 7.2
@@ -73,7 +68,6 @@ ERROR_CODES = frozenset(
 # 8725 section 3.1: never "none", and an HMAC key is a shared secret, not the issuer's
 # public key). "Ed25519" is RFC 9864's fully specified name for EdDSA with Ed25519.
 SUPPORTED_ALGS: tuple[str, ...] = SIGNATURE_ALGS
-# What key each algorithm needs: (kty, crv or None).
 
 # A SET about one Mission is under 1 KiB; 64 KiB leaves room for many events and RSA.
 MAX_SET_LENGTH = 65536
@@ -81,9 +75,6 @@ MAX_SET_LENGTH = 65536
 MAX_JTI_LENGTH = 255
 DEFAULT_CLOCK_SKEW_SECONDS = 60
 
-# The signature part may be empty here ("alg": "none"), so that such a SET is refused for
-# its algorithm (invalid_key) rather than for its shape.
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _COMPACT_JWE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+"
                           r"\.[A-Za-z0-9_-]*")
 
@@ -112,6 +103,15 @@ class SetRejected(MissionError):
 
 
 _REGISTRY = AllowListRegistry(SUPPORTED_ALGS, max_length=MAX_SET_LENGTH)
+# The error code of each refusal of the JWS checks shared with Txn-Tokens and origins' JWTs:
+# a key that is not the issuer's, or not one for this algorithm, is invalid_key.
+_JWS_ERRORS = {
+    JwsRefused.MALFORMED: INVALID_REQUEST,
+    JwsRefused.UNSUPPORTED_ALGORITHM: INVALID_KEY,
+    JwsRefused.UNKNOWN_KEY: INVALID_KEY,
+    JwsRefused.UNSUITABLE_KEY: INVALID_KEY,
+    JwsRefused.BAD_SIGNATURE: AUTHENTICATION_FAILED,
+}
 
 
 def is_set_type(value: Any) -> bool:
@@ -158,9 +158,11 @@ def verify_set(
         raise ValueError("max_age_seconds must be positive, max_clock_skew_seconds not negative")
 
     header, claims = _decode(token)
-    alg, kid = _check_header(header)
-    key = _key(keys, kid, alg)
-    _check_signature(token, key, alg)
+    _check_type(header)
+    try:
+        verify_signed_jws(token, header, keys=keys, registry=_REGISTRY, what="SET")
+    except JwsRefused as exc:
+        raise SetRejected(_JWS_ERRORS[exc.reason], exc.description) from exc
     _check_issuer_and_audience(claims, issuer, audience)
     _check_times(claims, now.timestamp(), max_age_seconds, max_clock_skew_seconds)
     _check_jti(claims)
@@ -176,71 +178,19 @@ def _reject(description: str) -> SetRejected:
 
 
 def _decode(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    if not isinstance(token, str):
-        raise _reject("a SET is text: a JWS in compact serialization")
-    if len(token) > MAX_SET_LENGTH:
-        raise _reject(f"the SET is {len(token)} characters; the limit is {MAX_SET_LENGTH}")
-    if not _COMPACT_JWS.fullmatch(token):
-        if _COMPACT_JWE.fullmatch(token):
-            raise _reject("encrypted SETs (JWE) are not accepted; send a signed JWS")
-        raise _reject(
-            "the SET is not a JWS in compact serialization: three base64url parts joined "
-            "by '.' (RFC 7515 section 7.1)"
-        )
-    header_segment, payload_segment, _ = token.split(".")
-    return (
-        json_object_segment(header_segment, "the SET header", _reject, max_name_length=100),
-        json_object_segment(payload_segment, "the SET claims", _reject, max_name_length=100),
-    )
+    # A JWE gets its own description; a token that is not text or too long is refused by
+    # read_compact, which checks that first.
+    if isinstance(token, str) and len(token) <= MAX_SET_LENGTH \
+            and _COMPACT_JWE.fullmatch(token):
+        raise _reject("encrypted SETs (JWE) are not accepted; send a signed JWS")
+    return read_compact(token, "SET", _reject, max_length=MAX_SET_LENGTH)
 
 
-def _check_header(header: dict[str, Any]) -> tuple[str, str]:
+def _check_type(header: dict[str, Any]) -> None:
     # RFC 8417 section 2.3 and RFC 8725 section 3.11: the explicit type keeps an ID token or
     # an access token from ever passing as a SET, and a SET from passing as either.
     if not is_set_type(header.get("typ")):
         raise _reject(f'the SET header "typ" must be "{SET_TYPE}" (RFC 8417 section 2.3)')
-    alg = header.get("alg")
-    if not isinstance(alg, str) or not alg:
-        raise _reject('the SET header lacks "alg"')
-    if alg not in SUPPORTED_ALGS:
-        raise SetRejected(
-            INVALID_KEY,
-            f"the SET is signed with {alg[:40]!r}; this recipient accepts only the "
-            f"asymmetric algorithms {', '.join(SUPPORTED_ALGS)}",
-        )
-    # No JWS extension is needed to read a SET: a "crit" one is not understood (RFC 7515
-    # section 4.1.11), and "b64" (RFC 7797) would change what the signature covers.
-    if "crit" in header or "b64" in header:
-        raise _reject('the SET header must not use the "crit" or "b64" extensions')
-    # The key comes from the issuer's JWK Set by "kid" alone: "jwk", "jku", "x5u" or "x5c"
-    # in the header are never read, so a token cannot bring its own key.
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise _reject('the SET header lacks "kid", the key of the issuer\'s JWK Set it names')
-    return alg, kid
-
-
-def _key(keys: KeySource, kid: str, alg: str) -> Key:
-    try:
-        return signature_key(keys, kid, alg)
-    except KeyNotFound as exc:
-        raise SetRejected(INVALID_KEY, f"the issuer's JWK Set has no key {kid[:100]!r}") from exc
-    except UnsuitableKey as exc:
-        raise SetRejected(INVALID_KEY, str(exc)) from exc
-
-
-def _check_signature(token: str, key: Key, alg: str) -> None:
-    try:
-        compact = jws.extract_compact(token.encode("ascii"), registry=_REGISTRY)
-        valid = jws.validate_compact(compact, key, registry=_REGISTRY)
-    except (JoseError, ValueError, TypeError) as exc:
-        raise SetRejected(
-            AUTHENTICATION_FAILED, f"the {alg} signature of the SET cannot be checked: {exc}"
-        ) from exc
-    if not valid:
-        raise SetRejected(
-            AUTHENTICATION_FAILED, "the SET signature does not verify with the issuer's key"
-        )
 
 
 def _check_issuer_and_audience(claims: dict[str, Any], issuer: str, audience: str) -> None:

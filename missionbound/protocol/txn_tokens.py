@@ -40,21 +40,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from joserfc import jws
-from joserfc.errors import JoseError
-from joserfc.jwk import Key
-
 from missionbound.mission.canonical import DIGEST_PREFIX
 from missionbound.mission.errors import MissionError
 from missionbound.mission.record import MISSION_ID
-from missionbound.protocol.jose_segments import AllowListRegistry, json_object_segment
-from missionbound.protocol.jwks import (
-    SIGNATURE_ALGS,
-    KeyNotFound,
-    KeySource,
-    UnsuitableKey,
-    signature_key,
+from missionbound.protocol.jose_segments import (
+    AllowListRegistry,
+    JwsRefused,
+    read_compact,
+    verify_signed_jws,
 )
+from missionbound.protocol.jwks import SIGNATURE_ALGS, KeySource
 
 # The draft's section "JWT Header" and its media type registration.
 TXN_TOKEN_TYPE = "txntoken+jwt"
@@ -98,9 +93,14 @@ REASONS = frozenset({
     INVALID_MISSION,
 })
 
-# The signature part may be empty ("alg": "none"), so that such a token is refused for its
-# algorithm rather than for its shape.
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# The reason of each refusal of the JWS checks shared with SETs and origins' JWTs.
+_JWS_REASONS = {
+    JwsRefused.MALFORMED: MALFORMED,
+    JwsRefused.UNSUPPORTED_ALGORITHM: UNSUPPORTED_ALGORITHM,
+    JwsRefused.UNKNOWN_KEY: UNKNOWN_KEY,
+    JwsRefused.UNSUITABLE_KEY: UNSUPPORTED_ALGORITHM,
+    JwsRefused.BAD_SIGNATURE: BAD_SIGNATURE,
+}
 # An authority_hash: "sha-256:" + base64url (no padding) of 32 octets (mission/anchors.py).
 _AUTHORITY_HASH = re.compile(re.escape(DIGEST_PREFIX) + r"[A-Za-z0-9_-]{43}")
 
@@ -199,10 +199,13 @@ def verify_txn_token(
     if not trust_domain:
         raise ValueError("trust_domain is required: a Txn-Token is valid in one trust domain")
 
-    header, claims = _decode(value)
-    alg, kid = _check_header(header)
-    key = _key(keys, kid, alg)
-    _check_signature(value, key, alg)
+    header, claims = read_compact(value, "Txn-Token", _malformed,
+                                  max_length=MAX_TXN_TOKEN_LENGTH)
+    _check_type(header)
+    try:
+        verify_signed_jws(value, header, keys=keys, registry=_REGISTRY, what="Txn-Token")
+    except JwsRefused as exc:
+        raise TxnTokenRejected(_JWS_REASONS[exc.reason], exc.description) from exc
     aud = _check_audience(claims, trust_domain)
     iss = _check_issuer(claims, issuer)
     iat, exp = _check_times(claims, now.timestamp(), leeway, max_lifetime_seconds)
@@ -224,71 +227,11 @@ def _malformed(description: str) -> TxnTokenRejected:
     return TxnTokenRejected(MALFORMED, description)
 
 
-def _decode(value: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    if not isinstance(value, str):
-        raise _malformed("a Txn-Token is text: a JWS in compact serialization")
-    if len(value) > MAX_TXN_TOKEN_LENGTH:
-        raise _malformed(
-            f"the Txn-Token is {len(value)} characters; the limit is {MAX_TXN_TOKEN_LENGTH}")
-    if not _COMPACT_JWS.fullmatch(value):
-        raise _malformed("the Txn-Token is not a JWS in compact serialization: three "
-                         "base64url parts joined by '.' (RFC 7515 section 7.1)")
-    header_segment, payload_segment, _ = value.split(".")
-    return (
-        json_object_segment(header_segment, "the Txn-Token header", _malformed,
-                            max_name_length=100),
-        json_object_segment(payload_segment, "the Txn-Token claims", _malformed,
-                            max_name_length=100),
-    )
-
-
-def _check_header(header: dict[str, Any]) -> tuple[str, str]:
+def _check_type(header: dict[str, Any]) -> None:
     if not is_txn_token_type(header.get("typ")):
         raise TxnTokenRejected(
             WRONG_TYPE, f'the header "typ" must be "{TXN_TOKEN_TYPE}" (a Txn-Token, '
             "draft-ietf-oauth-transaction-tokens section 'JWT Header')")
-    alg = header.get("alg")
-    if not isinstance(alg, str) or not alg:
-        raise _malformed('the Txn-Token header lacks "alg"')
-    if alg not in SUPPORTED_ALGS:
-        raise TxnTokenRejected(
-            UNSUPPORTED_ALGORITHM,
-            f"the Txn-Token is signed with {alg[:40]!r}; only the asymmetric algorithms "
-            f"{', '.join(SUPPORTED_ALGS)} are accepted")
-    # A "crit" extension is not understood (RFC 7515 section 4.1.11), and "b64" (RFC 7797)
-    # would change what the signature covers.
-    if "crit" in header or "b64" in header:
-        raise _malformed('the Txn-Token header must not use the "crit" or "b64" extensions')
-    # The key comes from the trust domain's JWK Set by "kid" alone: "jwk", "jku", "x5u" or
-    # "x5c" in the header are never read, so a token cannot bring its own key.
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise _malformed('the Txn-Token header lacks "kid", the key of the trust domain\'s '
-                         "JWK Set that signed it")
-    return alg, kid
-
-
-def _key(keys: KeySource, kid: str, alg: str) -> Key:
-    try:
-        return signature_key(keys, kid, alg)
-    except KeyNotFound as exc:
-        raise TxnTokenRejected(
-            UNKNOWN_KEY, f"the trust domain's JWK Set has no key {kid[:100]!r}") from exc
-    except UnsuitableKey as exc:
-        raise TxnTokenRejected(UNSUPPORTED_ALGORITHM, str(exc)) from exc
-
-
-def _check_signature(value: str, key: Key, alg: str) -> None:
-    try:
-        compact = jws.extract_compact(value.encode("ascii"), registry=_REGISTRY)
-        valid = jws.validate_compact(compact, key, registry=_REGISTRY)
-    except (JoseError, ValueError, TypeError) as exc:
-        raise TxnTokenRejected(
-            BAD_SIGNATURE, f"the {alg} signature of the Txn-Token cannot be checked: {exc}"
-        ) from exc
-    if not valid:
-        raise TxnTokenRejected(
-            BAD_SIGNATURE, "the Txn-Token signature does not verify with the trust domain's key")
 
 
 def _check_audience(claims: dict[str, Any], trust_domain: str) -> str:
