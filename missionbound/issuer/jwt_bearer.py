@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error, UnauthorizedClientError
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
 from sqlalchemy.orm import Session
 
@@ -53,7 +53,11 @@ from missionbound.issuer.client_auth import CONFIDENTIAL_AUTH_METHODS
 from missionbound.issuer.clients import JWT_BEARER
 from missionbound.issuer.id_jag_validation import IdJag, validate_id_jag
 from missionbound.issuer.remote_missions import ask_any_audience, record_and_require_active
-from missionbound.issuer.token_endpoint import token_narrowing, token_request_proof
+from missionbound.issuer.token_endpoint import (
+    authenticate_grant_client,
+    token_narrowing,
+    token_request_proof,
+)
 from missionbound.issuer.trusted_origins import trusted_origins_of
 from missionbound.mission.authority import Entry
 from missionbound.mission.errors import MissionError
@@ -130,12 +134,7 @@ class IdJagBearerGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
 
     def _redeemable(self) -> Redemption:
         request, issuer = self.request, self.server
-        client = self.authenticate_token_endpoint_client()
-        if not client.check_grant_type(self.GRANT_TYPE):
-            raise UnauthorizedClientError(
-                f"The client is not authorized to use 'grant_type={self.GRANT_TYPE}'")
-        request.client = client
-        request.refusal = {"event": "token.refused", "client_id": client.client_id}
+        client = authenticate_grant_client(self)
         assertion = _assertion(request)
         narrowing = token_narrowing(request)
         origins = trusted_origins_of(issuer)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from authlib.oauth2.rfc6749 import UnauthorizedClientError
+
 from missionbound.issuer.dpop import verify_request_proof
 from missionbound.issuer.issuance import derive_tokens, token_response
 from missionbound.issuer.token_narrowing import TokenNarrowing
@@ -31,6 +33,19 @@ def token_request_proof(
         # RFC 9449 section 5.2: this client registered dpop_bound_access_tokens.
         raise DPoPProofError("this client must send a DPoP proof (dpop_bound_access_tokens)")
     return proof
+
+
+def authenticate_grant_client(grant: Any) -> OAuthClient:
+    """The token endpoint client of ``grant``, authenticated, and allowed its grant type
+    (what Authlib's ``_validate_request_client`` does; only its code and refresh grants have
+    it). The request's refusals are that client's from here on, audited."""
+    client: OAuthClient = grant.authenticate_token_endpoint_client()
+    if not client.check_grant_type(grant.GRANT_TYPE):
+        raise UnauthorizedClientError(
+            f"The client is not authorized to use 'grant_type={grant.GRANT_TYPE}'")
+    grant.request.client = client
+    grant.request.refusal = {"event": "token.refused", "client_id": client.client_id}
+    return client
 
 
 def derive_for_grant(

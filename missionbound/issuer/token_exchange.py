@@ -21,11 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error, UnauthorizedClientError
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
 
 from missionbound.issuer.client_auth import CONFIDENTIAL_AUTH_METHODS
 from missionbound.issuer.clients import TOKEN_EXCHANGE
+from missionbound.issuer.token_endpoint import authenticate_grant_client
 from missionbound.mission.errors import MissionError
 
 if TYPE_CHECKING:
@@ -136,13 +137,7 @@ class MissionTokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[
 
     def validate_token_request(self) -> None:
         request = self.request
-        # Authlib's _validate_request_client lives on its code and refresh grants only.
-        client = self.authenticate_token_endpoint_client()
-        if not client.check_grant_type(self.GRANT_TYPE):
-            raise UnauthorizedClientError(
-                f"The client is not authorized to use 'grant_type={self.GRANT_TYPE}'")
-        request.client = client
-        request.refusal = {"event": "token.refused", "client_id": client.client_id}
+        authenticate_grant_client(self)
         request.exchange = parse_exchange_request(request)
         if request.exchange.requested_token_type not in self.REQUESTED_TOKEN_TYPES:
             raise InvalidRequestError(

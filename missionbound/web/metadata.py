@@ -53,18 +53,7 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
-        # RFC 7662 (missionbound.issuer.introspection): callers are Resource Servers and
-        # PEPs, confidential clients only (PROFILE.md section 10).
-        "introspection_endpoint": f"{base}/introspect",
-        "introspection_endpoint_auth_methods_supported": list(CONFIDENTIAL_AUTH_METHODS),
-        # RFC 8414 section 2: required when private_key_jwt is among the methods.
-        "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
-        # RFC 7009 (missionbound.issuer.revocation): public clients revoke their own tokens.
-        "revocation_endpoint": f"{base}/revoke",
-        "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
-        "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
-        # RFC 9449 section 5.1.
-        "dpop_signing_alg_values_supported": list(SUPPORTED_ALGS),
+        **token_management_members(base),
         # RFC 9207 section 3.
         "authorization_response_iss_parameter_supported": True,
         # RFC 9396 section 10: the one authorization details type we understand.
@@ -116,20 +105,32 @@ def resource_as_metadata(settings: Settings) -> dict[str, Any]:
         # Every grant here names its client by the client's own credentials.
         "token_endpoint_auth_methods_supported": list(CONFIDENTIAL_AUTH_METHODS),
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
-        "introspection_endpoint": f"{base}/introspect",
-        "introspection_endpoint_auth_methods_supported": list(CONFIDENTIAL_AUTH_METHODS),
-        "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
-        "revocation_endpoint": f"{base}/revoke",
-        "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
-        "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
-        # RFC 9449: local tokens are always DPoP-bound (issuance digest 6.6).
-        "dpop_signing_alg_values_supported": list(SUPPORTED_ALGS),
+        # Local tokens are always DPoP-bound (issuance digest 6.6).
+        **token_management_members(base),
         "authorization_details_types_supported": ["mission_resource_access"],
         # A consumer that checks nothing but a local token relies on it until it expires.
         "mission_max_stale_seconds": int(ACCESS_TOKEN_LIFETIME.total_seconds()),
         # PROFILE.md section 2: Level 2, a Mission-aware Resource AS.
         "mission_ladder_levels_supported": [2],
         "mission_bound_authorization_supported": True,
+    }
+
+
+def token_management_members(base: str) -> dict[str, Any]:
+    """Introspection, revocation and DPoP: the same in both roles."""
+    return {
+        # RFC 7662 (missionbound.issuer.introspection): callers are Resource Servers and
+        # PEPs, confidential clients only (PROFILE.md section 10).
+        "introspection_endpoint": f"{base}/introspect",
+        "introspection_endpoint_auth_methods_supported": list(CONFIDENTIAL_AUTH_METHODS),
+        # RFC 8414 section 2: required when private_key_jwt is among the methods.
+        "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
+        # RFC 7009 (missionbound.issuer.revocation): public clients revoke their own tokens.
+        "revocation_endpoint": f"{base}/revoke",
+        "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
+        # RFC 9449 section 5.1.
+        "dpop_signing_alg_values_supported": list(SUPPORTED_ALGS),
     }
 
 
