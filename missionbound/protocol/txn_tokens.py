@@ -34,15 +34,12 @@ that is no verdict on the token, and the caller should answer "try again later" 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from missionbound.mission.canonical import DIGEST_PREFIX
 from missionbound.mission.errors import MissionError
-from missionbound.mission.record import MISSION_ID
 from missionbound.protocol.jose_segments import (
     AllowListRegistry,
     JwsRefused,
@@ -50,6 +47,11 @@ from missionbound.protocol.jose_segments import (
     verify_signed_jws,
 )
 from missionbound.protocol.jwks import SIGNATURE_ALGS, KeySource
+from missionbound.protocol.mission_claim import (
+    InvalidMissionClaim,
+    MissionEvidence,
+    parse_mission_claim,
+)
 
 # The draft's section "JWT Header" and its media type registration.
 TXN_TOKEN_TYPE = "txntoken+jwt"
@@ -102,7 +104,6 @@ _JWS_REASONS = {
     JwsRefused.BAD_SIGNATURE: BAD_SIGNATURE,
 }
 # An authority_hash: "sha-256:" + base64url (no padding) of 32 octets (mission/anchors.py).
-_AUTHORITY_HASH = re.compile(re.escape(DIGEST_PREFIX) + r"[A-Za-z0-9_-]{43}")
 
 
 class TxnTokenRejected(MissionError):
@@ -121,16 +122,6 @@ class TxnTokenRejected(MissionError):
 
     def __repr__(self) -> str:
         return f"TxnTokenRejected({self.reason!r}, {self.description!r})"
-
-
-@dataclass(frozen=True)
-class MissionEvidence:
-    """The ``mission`` object a Txn-Token carries in ``tctx``: which Mission the transaction
-    runs under (PROFILE.md section 8). Evidence for logs and audit, never authority."""
-
-    id: str
-    origin: str
-    authority_hash: str
 
 
 @dataclass(frozen=True)
@@ -335,26 +326,13 @@ def _object_claim(claims: dict[str, Any], name: str, *, required: bool) -> dict[
 
 
 def _check_mission(tctx: dict[str, Any]) -> MissionEvidence:
-    """``tctx.mission``: ``{id, origin, authority_hash}`` as the access token carried it.
-    Other members are ignored (recipients ignore what they do not understand)."""
+    """``tctx.mission``: the access token's ``mission`` object (protocol/mission_claim.py)."""
     if "mission" not in tctx:
         raise TxnTokenRejected(MISSING_CLAIM, 'the Txn-Token "tctx" lacks "mission"')
-    mission = tctx["mission"]
-    if not isinstance(mission, dict):
-        raise TxnTokenRejected(INVALID_MISSION, 'the Txn-Token "tctx.mission" is not an object')
-    mission_id, origin = mission.get("id"), mission.get("origin")
-    authority_hash = mission.get("authority_hash")
-    if not isinstance(mission_id, str) or not MISSION_ID.fullmatch(mission_id):
-        raise TxnTokenRejected(INVALID_MISSION, 'the "tctx.mission.id" is not a Mission id')
-    if not isinstance(origin, str) or not 0 < len(origin) <= MAX_NAME_LENGTH \
-            or not origin.startswith(("https://", "http://")):
-        raise TxnTokenRejected(
-            INVALID_MISSION, 'the "tctx.mission.origin" is not an issuer identifier (a URL)')
-    if not isinstance(authority_hash, str) or not _AUTHORITY_HASH.fullmatch(authority_hash):
-        raise TxnTokenRejected(
-            INVALID_MISSION, f'the "tctx.mission.authority_hash" is not a {DIGEST_PREFIX} '
-            "digest")
-    return MissionEvidence(id=mission_id, origin=origin, authority_hash=authority_hash)
+    try:
+        return parse_mission_claim(tctx["mission"], "tctx.mission")
+    except InvalidMissionClaim as exc:
+        raise TxnTokenRejected(INVALID_MISSION, str(exc)) from None
 
 
 __all__ = [
