@@ -37,7 +37,6 @@ token; the RS should answer "try again later" (503).
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +52,16 @@ from missionbound.protocol.jose_segments import (
     verify_signed_jws,
 )
 from missionbound.protocol.jwks import SIGNATURE_ALGS, KeySource
+from missionbound.protocol.jwt_claims import (
+    EXPIRED,
+    INVALID_CLAIM,
+    MISSING_CLAIM,
+    NOT_YET_VALID,
+    TOO_LONG_LIVED,
+    ClaimRefused,
+    check_times,
+    string_claim,
+)
 from missionbound.protocol.mission_claim import (
     InvalidMissionClaim,
     MissionEvidence,
@@ -82,11 +91,6 @@ UNKNOWN_KEY = "unknown_key"
 BAD_SIGNATURE = "bad_signature"
 WRONG_ISSUER = "wrong_issuer"
 WRONG_AUDIENCE = "wrong_audience"
-EXPIRED = "expired"
-NOT_YET_VALID = "not_yet_valid"
-TOO_LONG_LIVED = "too_long_lived"
-MISSING_CLAIM = "missing_claim"
-INVALID_CLAIM = "invalid_claim"
 MISSING_MISSION = "missing_mission"
 INVALID_MISSION = "invalid_mission"
 INVALID_AUTHORIZATION_DETAILS = "invalid_authorization_details"
@@ -107,7 +111,6 @@ _JWS_REASONS = {
     JwsRefused.UNSUITABLE_KEY: UNSUPPORTED_ALGORITHM,
     JwsRefused.BAD_SIGNATURE: BAD_SIGNATURE,
 }
-# An authority_hash: "sha-256:" + base64url (no padding) of 32 octets (mission/anchors.py).
 # RFC 9449 section 6.1: the base64url SHA-256 JWK thumbprint (RFC 7638) of the DPoP key.
 _JKT = re.compile(r"[A-Za-z0-9_-]{43}")
 _WHAT = "access token"
@@ -264,51 +267,19 @@ def _check_audience(claims: dict[str, Any], audience: str) -> tuple[str, ...]:
     return tuple(audiences)
 
 
-def _numeric_date(claims: dict[str, Any], name: str, *, required: bool) -> float | None:
-    if name not in claims:
-        if required:
-            raise AccessTokenRejected(MISSING_CLAIM, f'the access token lacks "{name}"')
-        return None
-    value = claims[name]
-    # RFC 7519 section 2: any JSON number (a bool is not one).
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise AccessTokenRejected(
-            INVALID_CLAIM, f'the access token "{name}" must be a NumericDate (seconds since '
-            "the epoch)")
-    return float(value)
-
-
 def _check_times(claims: dict[str, Any], now: float, leeway: float,
                  max_lifetime: float | None) -> tuple[float, float]:
-    iat = _numeric_date(claims, "iat", required=True)
-    exp = _numeric_date(claims, "exp", required=True)
-    assert iat is not None and exp is not None  # required
-    if now >= exp + leeway:
-        raise AccessTokenRejected(EXPIRED, f"the access token expired {now - exp:.0f} s ago")
-    if iat > now + leeway:
-        raise AccessTokenRejected(
-            NOT_YET_VALID, f"the access token was issued {iat - now:.0f} s in the future")
-    nbf = _numeric_date(claims, "nbf", required=False)
-    if nbf is not None and nbf > now + leeway:
-        raise AccessTokenRejected(NOT_YET_VALID, "the access token is not valid yet (nbf)")
-    if exp <= iat:
-        raise AccessTokenRejected(INVALID_CLAIM, 'the access token "exp" is not after its "iat"')
-    if max_lifetime is not None and exp - iat > max_lifetime:
-        raise AccessTokenRejected(
-            TOO_LONG_LIVED, f"the access token lives {exp - iat:.0f} s; at most "
-            f"{max_lifetime:.0f} s are accepted")
-    return iat, exp
+    try:
+        return check_times(claims, _WHAT, now=now, leeway=leeway, max_lifetime=max_lifetime)
+    except ClaimRefused as exc:
+        raise AccessTokenRejected(exc.reason, exc.description) from None
 
 
 def _string_claim(claims: dict[str, Any], name: str) -> str:
-    if name not in claims:
-        raise AccessTokenRejected(MISSING_CLAIM, f'the access token lacks "{name}"')
-    value = claims[name]
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH:
-        raise AccessTokenRejected(
-            INVALID_CLAIM, f'the access token "{name}" must be a string of 1 to '
-            f"{MAX_NAME_LENGTH} characters")
-    return value
+    try:
+        return string_claim(claims, name, _WHAT, MAX_NAME_LENGTH)
+    except ClaimRefused as exc:
+        raise AccessTokenRejected(exc.reason, exc.description) from None
 
 
 def _check_mission(claims: dict[str, Any]) -> MissionEvidence:

@@ -33,7 +33,6 @@ that is no verdict on the token, and the caller should answer "try again later" 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +46,16 @@ from missionbound.protocol.jose_segments import (
     verify_signed_jws,
 )
 from missionbound.protocol.jwks import SIGNATURE_ALGS, KeySource
+from missionbound.protocol.jwt_claims import (
+    EXPIRED,
+    INVALID_CLAIM,
+    MISSING_CLAIM,
+    NOT_YET_VALID,
+    TOO_LONG_LIVED,
+    ClaimRefused,
+    check_times,
+    string_claim,
+)
 from missionbound.protocol.mission_claim import (
     InvalidMissionClaim,
     MissionEvidence,
@@ -83,11 +92,6 @@ UNKNOWN_KEY = "unknown_key"
 BAD_SIGNATURE = "bad_signature"
 WRONG_AUDIENCE = "wrong_audience"
 WRONG_ISSUER = "wrong_issuer"
-EXPIRED = "expired"
-NOT_YET_VALID = "not_yet_valid"
-TOO_LONG_LIVED = "too_long_lived"
-MISSING_CLAIM = "missing_claim"
-INVALID_CLAIM = "invalid_claim"
 INVALID_MISSION = "invalid_mission"
 REASONS = frozenset({
     MALFORMED, WRONG_TYPE, UNSUPPORTED_ALGORITHM, UNKNOWN_KEY, BAD_SIGNATURE, WRONG_AUDIENCE,
@@ -96,6 +100,9 @@ REASONS = frozenset({
 })
 
 # The reason of each refusal of the JWS checks shared with SETs and origins' JWTs.
+# How this verifier names its token in messages.
+_WHAT = "Txn-Token"
+
 _JWS_REASONS = {
     JwsRefused.MALFORMED: MALFORMED,
     JwsRefused.UNSUPPORTED_ALGORITHM: UNSUPPORTED_ALGORITHM,
@@ -103,7 +110,6 @@ _JWS_REASONS = {
     JwsRefused.UNSUITABLE_KEY: UNSUPPORTED_ALGORITHM,
     JwsRefused.BAD_SIGNATURE: BAD_SIGNATURE,
 }
-# An authority_hash: "sha-256:" + base64url (no padding) of 32 octets (mission/anchors.py).
 
 
 class TxnTokenRejected(MissionError):
@@ -255,52 +261,19 @@ def _check_issuer(claims: dict[str, Any], issuer: str | None) -> str | None:
     return iss
 
 
-def _numeric_date(claims: dict[str, Any], name: str, *, required: bool) -> float | None:
-    if name not in claims:
-        if required:
-            raise TxnTokenRejected(MISSING_CLAIM, f'the Txn-Token lacks "{name}"')
-        return None
-    value = claims[name]
-    # RFC 7519 section 2: any JSON number (a bool is not one).
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TxnTokenRejected(
-            INVALID_CLAIM, f'the Txn-Token "{name}" must be a NumericDate (seconds since the '
-            "epoch)")
-    return float(value)
-
-
 def _check_times(claims: dict[str, Any], now: float, leeway: float,
-                 max_lifetime: float) -> tuple[float, float]:
-    iat = _numeric_date(claims, "iat", required=True)
-    exp = _numeric_date(claims, "exp", required=True)
-    assert iat is not None and exp is not None  # required
-    if now >= exp + leeway:
-        raise TxnTokenRejected(EXPIRED, f"the Txn-Token expired {now - exp:.0f} s ago")
-    if iat > now + leeway:
-        raise TxnTokenRejected(
-            NOT_YET_VALID, f"the Txn-Token was issued {iat - now:.0f} s in the future")
-    nbf = _numeric_date(claims, "nbf", required=False)
-    if nbf is not None and nbf > now + leeway:
-        raise TxnTokenRejected(NOT_YET_VALID, "the Txn-Token is not valid yet (nbf)")
-    if exp <= iat:
-        raise TxnTokenRejected(INVALID_CLAIM, 'the Txn-Token "exp" is not after its "iat"')
-    if exp - iat > max_lifetime:
-        # The draft's section "Txn-Token Lifetime": short-lived, on the order of minutes.
-        raise TxnTokenRejected(
-            TOO_LONG_LIVED, f"the Txn-Token lives {exp - iat:.0f} s; at most "
-            f"{max_lifetime:.0f} s are accepted")
-    return iat, exp
+                 max_lifetime: float | None) -> tuple[float, float]:
+    try:
+        return check_times(claims, _WHAT, now=now, leeway=leeway, max_lifetime=max_lifetime)
+    except ClaimRefused as exc:
+        raise TxnTokenRejected(exc.reason, exc.description) from None
 
 
 def _string_claim(claims: dict[str, Any], name: str, max_length: int) -> str:
-    if name not in claims:
-        raise TxnTokenRejected(MISSING_CLAIM, f'the Txn-Token lacks "{name}"')
-    value = claims[name]
-    if not isinstance(value, str) or not 0 < len(value) <= max_length:
-        raise TxnTokenRejected(
-            INVALID_CLAIM, f'the Txn-Token "{name}" must be a string of 1 to {max_length} '
-            "characters")
-    return value
+    try:
+        return string_claim(claims, name, _WHAT, max_length)
+    except ClaimRefused as exc:
+        raise TxnTokenRejected(exc.reason, exc.description) from None
 
 
 def _check_scope(claims: dict[str, Any]) -> tuple[str, ...]:
