@@ -37,7 +37,7 @@ from authlib.oauth2.rfc6749 import OAuth2Error
 from sqlalchemy.orm import Session
 
 from missionbound import audit
-from missionbound.issuer.dpop import issue_nonce, verify_request_proof
+from missionbound.issuer.dpop import verify_request_proof
 from missionbound.issuer.introspection import AccessTokenKeys, find_token
 from missionbound.issuer.issuance import anchors_of
 from missionbound.issuer.mission_access import (
@@ -57,6 +57,7 @@ from missionbound.mission.errors import (
 from missionbound.mission.lifecycle import Role
 from missionbound.mission.record import MISSION_ID, MissionRecord
 from missionbound.protocol.dpop import SUPPORTED_ALGS, DPoPProofError, UseDPoPNonce
+from missionbound.protocol.dpop_nonces import issue_nonce
 from missionbound.store import missions
 from missionbound.store.errors import MissionNotFound
 from missionbound.store.lifecycle_requests import caller_key

@@ -25,7 +25,6 @@ from missionbound.config import Settings
 from missionbound.issuer.authorization_code import MissionAuthorizationCodeGrant, S256Only
 from missionbound.issuer.client_auth import PrivateKeyJWT
 from missionbound.issuer.clients import ClientDirectory, OAuthClient
-from missionbound.issuer.dpop import issue_nonce
 from missionbound.issuer.issuance import anchors_of
 from missionbound.issuer.jwt_bearer import IdJagBearerGrant
 from missionbound.issuer.keys import SignerKey, signing_key
@@ -36,6 +35,7 @@ from missionbound.issuer.token_exchange import (
 )
 from missionbound.mission.errors import MissionError
 from missionbound.mission.lifecycle import LifecyclePolicy
+from missionbound.protocol.dpop_nonces import issue_nonce
 from missionbound.store import missions
 from missionbound.store.mission_cache import MissionStateCache
 from missionbound.store.missions import mission_exists

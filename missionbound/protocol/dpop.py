@@ -3,7 +3,9 @@
 :func:`verify_dpop_proof` performs the checks of RFC 9449 section 4.3 on one proof, alone: it
 needs no store, so the issuer and every Resource Server share it. What needs shared state is
 the caller's: refusing a ``jti`` seen before (section 11.1) and issuing server nonces
-(section 8); the issuer's are in ``missionbound.issuer.dpop``.
+(section 8). Nonces need only a secret (:mod:`missionbound.protocol.dpop_nonces`); the
+issuer's replay store is in ``missionbound.issuer.dpop``, a Resource Server's in
+``missionbound.enforce.rs``.
 
 Every refusal raises :class:`DPoPProofError` (wire code ``invalid_dpop_proof``) with a
 description a client developer can act on; a missing or stale server nonce raises its subclass

@@ -12,14 +12,10 @@ from joserfc.jwk import Key
 from sqlalchemy import select
 
 from missionbound.issuer.dpop import (
-    DEFAULT_NONCE_STEP,
     REPLAY_MARGIN,
     REPLAY_NAMESPACE,
-    check_nonce,
     check_not_replayed,
-    issue_nonce,
     load_nonce_secret,
-    nonce_checker,
     verify_request_proof,
 )
 from missionbound.protocol.dpop import (
@@ -28,6 +24,12 @@ from missionbound.protocol.dpop import (
     UseDPoPNonce,
     access_token_hash,
     verify_dpop_proof,
+)
+from missionbound.protocol.dpop_nonces import (
+    DEFAULT_NONCE_STEP,
+    check_nonce,
+    issue_nonce,
+    nonce_checker,
 )
 from missionbound.store.models import SingleUseId
 from missionbound.store.transactions import Store
