@@ -19,12 +19,15 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import math
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -184,7 +187,7 @@ def verify_dpop_proof(
 
     header, claims = _decode(proof)  # item 2
     alg = _check_header(header)  # items 4 and 5
-    key = _public_key(header.get("jwk"))  # item 7
+    key, jkt, public = _public_key(header.get("jwk"))  # item 7
     _check_signature(proof, key, alg)  # item 6
     jti, htm, htu, iat = _required_claims(claims)  # item 3
 
@@ -208,13 +211,13 @@ def verify_dpop_proof(
         nonce_check(nonce)
 
     return DPoPProof(
-        jkt=key.thumbprint(),
+        jkt=jkt,
         jti=jti,
         iat=math.floor(iat),
         htm=htm,
         htu=htu,
         nonce=nonce,
-        public_jwk=dict(key.as_dict(private=False)),
+        public_jwk=dict(public),
         alg=alg,
         accepted_until=accepted_until,
     )
@@ -242,6 +245,9 @@ def access_token_hash(token: str) -> str:
     return _b64url(hashlib.sha256(data).digest())
 
 
+# Pure and called twice per proof (the claim and the request URL, which repeat from request
+# to request): remembered. Only URLs that normalized are cached (a ValueError is not).
+@lru_cache(maxsize=4096)
 def normalize_htu(url: str) -> str:
     """``url`` as RFC 9449 section 4.3 compares it: without query and fragment (item 9), after
     syntax-based and scheme-based normalization (RFC 3986 sections 6.2.2 and 6.2.3).
@@ -326,8 +332,9 @@ def _check_header(header: dict[str, Any]) -> str:
     return alg
 
 
-def _public_key(jwk: Any) -> Key:
-    """Item 7: the header's ``jwk`` is an asymmetric public key and nothing more."""
+def _public_key(jwk: Any) -> tuple[Key, str, Mapping[str, Any]]:
+    """Item 7: the header's ``jwk`` is an asymmetric public key and nothing more. Returns
+    the key, its RFC 7638 thumbprint and its public JWK."""
     if not isinstance(jwk, dict):
         raise DPoPProofError('DPoP proof header "jwk" must be a JSON object')
     if jwk.get("kty") not in _ASYMMETRIC_KEY_TYPES:
@@ -350,12 +357,22 @@ def _public_key(jwk: Any) -> Key:
                 "(RFC 7518 section 3.3)"
             )
     try:
-        key = JWKRegistry.import_key(jwk)
+        canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":"))
+        return _imported_key(canonical)
     except (JoseError, ValueError, TypeError, KeyError) as exc:
         raise DPoPProofError(f'DPoP proof "jwk" is not a valid public key: {exc}') from exc
-    if key.is_private:  # the member check above already makes this impossible
-        raise DPoPProofError('DPoP proof "jwk" must be a public key')
-    return key
+
+
+@lru_cache(maxsize=4096)
+def _imported_key(canonical_jwk: str) -> tuple[Key, str, Mapping[str, Any]]:
+    """A client signs every proof with the same key: importing it (a curve point check) and
+    hashing its thumbprint once per key rather than once per request saves a good part of a
+    Resource Server's per-request cost. Only keys that imported cleanly are remembered (an
+    exception is never cached), keyed by their canonical JSON."""
+    key = JWKRegistry.import_key(json.loads(canonical_jwk))
+    if key.is_private:  # the member check of _public_key already makes this impossible
+        raise ValueError("a DPoP proof key must be a public key")
+    return key, key.thumbprint(), MappingProxyType(dict(key.as_dict(private=False)))
 
 
 def _check_signature(proof: str, key: Key, alg: str) -> None:

@@ -336,6 +336,16 @@ class JwksCache(HttpClientOwner):
             raise KeyNotFound(kid)
         return key
 
+    def cached_key_for(self, kid: str) -> Key | None:
+        """The key ``kid`` names in a copy young enough to use, without any I/O; None when
+        :meth:`key_for` would have to fetch (no copy, an old copy, or a ``kid`` the copy
+        lacks). An async caller checks here first and calls :meth:`key_for` in a worker
+        thread only on None, so the event loop never waits on the network."""
+        snapshot = self._snapshot
+        if snapshot is None or self._clock() - snapshot.fetched_at >= self.max_age_seconds:
+            return None
+        return snapshot.by_kid.get(kid)
+
     # -- control -------------------------------------------------------------------------
 
     def refresh(self) -> KeySet:

@@ -146,6 +146,20 @@ def test_a_copy_older_than_max_age_is_fetched_again(cache: JwksCache, server: Jw
     assert server.requests == 2
 
 
+def test_cached_key_for_answers_from_a_young_copy_and_never_fetches(
+    cache: JwksCache, server: JwksServer, clock: ManualClock
+) -> None:
+    assert cache.cached_key_for("old") is None  # no copy yet: the caller must fetch
+    assert server.requests == 0
+    cache.key_for("old")
+    key = cache.cached_key_for("old")
+    assert key is not None and key.kid == "old"
+    assert cache.cached_key_for("new") is None  # unknown kid: key_for would refetch
+    clock.advance(300)
+    assert cache.cached_key_for("old") is None  # too old: key_for would refetch
+    assert server.requests == 1
+
+
 def test_an_unknown_kid_triggers_one_refetch_key_rotation(
     cache: JwksCache, server: JwksServer, clock: ManualClock
 ) -> None:
