@@ -3,7 +3,9 @@ comes from the origin's status endpoint"; docs/resource-as.md).
 
 A Resource AS holds no Mission and never reports a Mission's state. Before it acts for one
 (an ID-JAG redemption, a Transaction Token) it asks the origin's Mission Status endpoint
-(PROFILE.md section 10, docs/mission-governance.md) and acts only on a signed ``active``:
+(PROFILE.md section 10, docs/mission-governance.md) and acts only on a signed ``active``.
+The exchange is :mod:`missionbound.protocol.mission_status`, shared with the Resource
+Servers' RS-C state source (enforce/rs/state.py); this module maps its outcomes:
 
 * ``POST <status_endpoint>`` with ``mission``, ``audience`` (a resource this AS serves) and a
   fresh ``nonce``, authenticated with HTTP Basic as the ``status_client_id`` the origin
@@ -25,12 +27,10 @@ F4). The origin is asked on every use, never from a cache (decision F3).
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import structlog
 from sqlalchemy.orm import Session
 
@@ -38,15 +38,20 @@ from missionbound.config import TrustedOrigin
 from missionbound.issuer.trusted_origins import (
     OriginUnavailable,
     TrustedOrigins,
-    UntrustedToken,
-    read_unverified,
     trusted_origins_of,
-    verify_origin_jwt,
 )
-from missionbound.mission.errors import InvalidRequest
-from missionbound.mission.intent import parse_instant
 from missionbound.mission.lifecycle import State
 from missionbound.mission.record import MISSION_ID
+from missionbound.protocol.mission_status import (
+    MAX_STATUS_BYTES,
+    STATUS_CLOCK_SKEW,
+    STATUS_MEDIA_TYPE,
+    STATUS_TYPE,
+    MissionStatusUnavailable,
+    MissionStatusUnknown,
+    request_mission_status,
+    state_to_act_on,
+)
 from missionbound.store.errors import DerivationRefused, InvalidGrant
 from missionbound.store.remote_missions import RemoteState, record_remote_state, remote_state
 from missionbound.store.transactions import run_after_rollback
@@ -54,15 +59,14 @@ from missionbound.store.transactions import run_after_rollback
 if TYPE_CHECKING:
     from missionbound.issuer.server import MissionIssuer
 
-log = structlog.get_logger("missionbound.issuer")
+__all__ = [
+    "MAX_STATUS_BYTES", "STATUS_CLOCK_SKEW", "STATUS_MEDIA_TYPE", "STATUS_TYPE",
+    "MissionUnknownAtOrigin", "ask_any_audience", "ask_mission_status", "ask_remote_state",
+    "effective_remote_state", "record_and_require_active", "require_active",
+    "require_active_remote",
+]
 
-# The signed Mission Status (PROFILE.md section 10; issuer/mission_status.py signs it, and is
-# not imported here: it imports the issuer's server, which imports this role's grants).
-STATUS_TYPE = "mission-status-response+jwt"
-STATUS_MEDIA_TYPE = f"application/{STATUS_TYPE}"
-MAX_STATUS_BYTES = 65536
-STATUS_CLOCK_SKEW = timedelta(seconds=30)
-_STATES = frozenset(state.value for state in State)
+log = structlog.get_logger("missionbound.issuer")
 
 
 class MissionUnknownAtOrigin(InvalidGrant):
@@ -74,121 +78,44 @@ def ask_mission_status(
     origins: TrustedOrigins, origin: TrustedOrigin, mission_id: str, audience: str,
     now: datetime,
 ) -> RemoteState:
-    """The origin's signed state of ``mission_id`` for ``audience``, verified. Raises
-    :class:`MissionUnknownAtOrigin` or :class:`OriginUnavailable`."""
-    nonce = "n-" + secrets.token_urlsafe(16)
-    signed = _post_status_request(origins.http, origin, mission_id, audience, nonce)
+    """The origin's signed state of ``mission_id`` for ``audience``, verified
+    (:func:`missionbound.protocol.mission_status.request_mission_status`, bounded by the
+    origins' client timeouts). Raises :class:`MissionUnknownAtOrigin` or
+    :class:`OriginUnavailable`."""
     try:
-        header, claims = read_unverified(signed, "Mission Status")
-        verify_origin_jwt(signed, header, keys=origins.keys(origin), typ=STATUS_TYPE,
-                          what="Mission Status")
-        return _status_of(claims, origin, mission_id, audience, nonce, now)
-    except UntrustedToken as exc:
-        log.warning("mission_status_unusable", origin=origin.issuer, mission=mission_id,
-                    reason=str(exc))
-        raise OriginUnavailable(
-            f"the Mission Status from {origin.issuer} cannot be relied on ({exc}); "
-            "refusing (fail closed)") from None
+        status = request_mission_status(
+            origins.http, status_endpoint=origin.status_endpoint, issuer=origin.issuer,
+            keys=origins.keys(origin), mission_id=mission_id, audience=audience,
+            client_id=origin.status_client_id, client_secret=origin.status_client_secret,
+            now=now)
+    except MissionStatusUnknown:
+        raise MissionUnknownAtOrigin(
+            f"the origin {origin.issuer} does not vouch for Mission {mission_id} to "
+            "this Resource AS") from None
+    except MissionStatusUnavailable as exc:
+        _log_unavailable(exc, origin, mission_id)
+        raise OriginUnavailable(exc.description) from None
+    return RemoteState(origin.issuer, mission_id, status.state, status.version,
+                       status.mission_expiry, now)
 
 
-def _post_status_request(client: httpx.Client, origin: TrustedOrigin, mission_id: str,
-                         audience: str, nonce: str) -> str:
-    where = origin.status_endpoint
-    try:
-        with client.stream(
-            "POST", where,
-            data={"mission": mission_id, "audience": audience, "nonce": nonce},
-            auth=(origin.status_client_id, origin.status_client_secret),
-            headers={"Accept": STATUS_MEDIA_TYPE},
-            follow_redirects=False,
-        ) as response:
-            if response.status_code == 404:
-                raise MissionUnknownAtOrigin(
-                    f"the origin {origin.issuer} does not vouch for Mission {mission_id} to "
-                    "this Resource AS")
-            if response.status_code != 200:
-                log.warning("mission_status_refused", origin=origin.issuer,
-                            mission=mission_id, status=response.status_code)
-                raise OriginUnavailable(
-                    f"the Mission Status endpoint of {origin.issuer} answered HTTP "
-                    f"{response.status_code}; refusing (fail closed)")
-            media_type = response.headers.get("content-type", "").split(";")[0].strip()
-            if media_type.lower() != STATUS_MEDIA_TYPE:
-                raise OriginUnavailable(
-                    f"the Mission Status endpoint of {origin.issuer} answered "
-                    f"{media_type[:80] or 'no Content-Type'}, not {STATUS_MEDIA_TYPE}")
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_STATUS_BYTES:
-                    raise OriginUnavailable(
-                        f"the Mission Status from {origin.issuer} is too large")
-    except httpx.HTTPError as exc:
+def _log_unavailable(exc: MissionStatusUnavailable, origin: TrustedOrigin,
+                     mission_id: str) -> None:
+    if exc.reason == MissionStatusUnavailable.HTTP_STATUS:
+        log.warning("mission_status_refused", origin=origin.issuer, mission=mission_id,
+                    status=exc.status_code)
+    elif exc.reason == MissionStatusUnavailable.UNREACHABLE:
         log.warning("mission_status_unavailable", origin=origin.issuer, mission=mission_id,
-                    error=type(exc).__name__)
-        raise OriginUnavailable(
-            f"the Mission Status endpoint of {origin.issuer} cannot be reached "
-            f"({type(exc).__name__}); refusing (fail closed)") from None
-    try:
-        return bytes(body).decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise OriginUnavailable(
-            f"the Mission Status from {origin.issuer} is not a JWS") from None
-
-
-def _status_of(claims: dict[str, Any], origin: TrustedOrigin, mission_id: str,
-               audience: str, nonce: str, now: datetime) -> RemoteState:
-    """The checks a consumer makes (docs/mission-governance.md, "The signed Mission
-    Status"), then the state it reports."""
-    def refuse(what: str) -> UntrustedToken:
-        return UntrustedToken(f"its {what}")
-
-    if claims.get("iss") != origin.issuer:
-        raise refuse("iss is not the origin")
-    if claims.get("aud") != audience:
-        raise refuse("aud is not the audience asked for")
-    if claims.get("sub") != origin.status_client_id:
-        raise refuse("sub is not our status client")
-    if claims.get("nonce") != nonce:
-        raise refuse("nonce is not the one sent")
-    mission = claims.get("mission")
-    if (not isinstance(mission, dict) or mission.get("id") != mission_id
-            or mission.get("origin") != origin.issuer):
-        raise refuse("mission is not the Mission asked about")
-    if not _is_number(claims.get("iat")) or not _is_number(claims.get("exp")):
-        raise refuse("iat or exp is not a NumericDate")
-    iat: float = claims["iat"]
-    exp: float = claims["exp"]
-    skew = STATUS_CLOCK_SKEW.total_seconds()
-    if iat > now.timestamp() + skew or exp < now.timestamp() - skew:
-        raise refuse("iat is in the future or exp has passed")
-    state, version = claims.get("state"), claims.get("version")
-    if not isinstance(state, str) or not 0 < len(state) <= 32:
-        raise refuse("state is missing")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise refuse("version is not a positive integer")
-    expiry = None
-    if "mission_expiry" in claims:
-        try:
-            expiry = parse_instant(claims["mission_expiry"], "mission_expiry")
-        except InvalidRequest:
-            raise refuse("mission_expiry is not an RFC 3339 instant") from None
-    return RemoteState(origin.issuer, mission_id, state, version, expiry, now)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+                    error=exc.error)
+    elif exc.reason == MissionStatusUnavailable.UNTRUSTED:
+        log.warning("mission_status_unusable", origin=origin.issuer, mission=mission_id,
+                    reason=exc.detail)
 
 
 def effective_remote_state(state: RemoteState, now: datetime) -> str:
     """The state to act on: what the origin said, the clock first (PROFILE.md section 7),
     and a state this software does not know read as no state at all (fail closed)."""
-    if state.state not in _STATES:
-        return ""
-    if state.state == State.ACTIVE and state.mission_expiry is not None \
-            and now >= state.mission_expiry:
-        return State.EXPIRED.value
-    return state.state
+    return state_to_act_on(state.state, state.mission_expiry, now)
 
 
 def require_active(state: RemoteState, now: datetime) -> None:

@@ -8,8 +8,8 @@ handled there: an unknown ``kid`` refetches the set, at most once per
 :data:`JWKS_MIN_REFRESH_SECONDS`) and one HTTP client, bounded by :data:`ORIGIN_TIMEOUT`, for
 every call to the origins (JWKS and Mission Status).
 
-:func:`verify_origin_jwt` checks a JWS an origin signed the way both of its documents need
-(the ID-JAG, issuer/jwt_bearer.py; the Mission Status, issuer/remote_missions.py): explicit
+:func:`verify_origin_jwt` checks an ID-JAG an origin signed (issuer/jwt_bearer.py; the
+Mission Status is checked by protocol/mission_status.py, shared with Resource Servers): explicit
 ``typ`` (RFC 8725 section 3.11), an asymmetric algorithm only (never ``none``, never an HMAC
 keyed with something public), the key named by ``kid`` in the origin's published set and
 nowhere else (``jwk``, ``jku``, ``x5u``, ``x5c`` in the header are never read), and a valid
@@ -46,7 +46,7 @@ ORIGIN_TIMEOUT = httpx.Timeout(3.0, connect=2.0)
 # can make us fetch while letting a rotation be picked up within seconds.
 JWKS_MAX_AGE_SECONDS = 300.0
 JWKS_MIN_REFRESH_SECONDS = 5.0
-# A JWS an origin sends us: an ID-JAG or a Mission Status is a few KiB at most.
+# A JWS an origin sends us: an ID-JAG is a few KiB at most.
 MAX_ORIGIN_JWT_LENGTH = 65536
 
 # Asymmetric signature algorithms only (protocol/jwks.py says which key each needs).
