@@ -67,8 +67,15 @@ def cross_domain_suite() -> list[Bench]:
     return cross_domain_benches()
 
 
+def rs_suite() -> list[Bench]:
+    # What the Resource Server kit adds per request (docs/resource-servers.md).
+    from rs_suites import rs_benches
+
+    return rs_benches()
+
+
 ALL_SUITES = {**SUITES, "issuance": issuance_suite, "replicas": replica_suite,
-              "cross-domain": cross_domain_suite}
+              "cross-domain": cross_domain_suite, "rs": rs_suite}
 
 
 def main() -> int:

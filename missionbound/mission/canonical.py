@@ -105,12 +105,14 @@ def _check_tree(value: Any, depth: int, max_depth: int, allow_floats: bool = Fal
 
 
 def parse_strict(
-    raw: str | bytes, *, max_size: int, what: str = "JSON", max_depth: int = DEFAULT_MAX_DEPTH
+    raw: str | bytes, *, max_size: int, what: str = "JSON", max_depth: int = DEFAULT_MAX_DEPTH,
+    allow_floats: bool = False,
 ) -> JSONValue:
     """Parse ``raw`` as strict I-JSON or raise :class:`InvalidRequest`.
 
     Refused: more than ``max_size`` UTF-8 octets, invalid UTF-8, duplicate member names at any
-    depth, any non-integer number, ``NaN``/``Infinity``, lone surrogates, integers beyond 2^53,
+    depth, any non-integer number (unless ``allow_floats``: a Resource Server reads API bodies
+    that may carry measurements), ``NaN``/``Infinity``, lone surrogates, integers beyond 2^53,
     nesting deeper than ``max_depth``.
     """
     if isinstance(raw, str):
@@ -130,7 +132,7 @@ def parse_strict(
         value = json.loads(
             text,
             object_pairs_hook=_reject_duplicates,
-            parse_float=_reject_float,
+            parse_float=float if allow_floats else _reject_float,
             parse_int=_parse_int,
             parse_constant=_reject_constant,
         )
@@ -140,7 +142,7 @@ def parse_strict(
         raise InvalidRequest(f"{what} is nested too deeply") from exc
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"{what} is not valid JSON: {exc.msg} at position {exc.pos}") from exc
-    _check_tree(value, 0, max_depth)
+    _check_tree(value, 0, max_depth, allow_floats)
     return value
 
 

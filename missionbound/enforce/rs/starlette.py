@@ -1,0 +1,143 @@
+"""The kit as ASGI middleware for any Starlette application (FastAPI included).
+
+:class:`MissionMiddleware` sits in front of the whole application: every request must match
+a declared :class:`Protect` route (method and path template give its Mission action and the
+request parameters its constraints bind to) or a ``public`` path; anything else is
+authenticated and then refused (fail closed). It also answers the resource's RFC 9728
+metadata when the application is mounted at the host root. The route handler finds the
+verified :class:`~missionbound.enforce.rs.guard.MissionContext` with
+:func:`mission_context`; a refused request never reaches it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from missionbound.enforce.rs.errors import RSRefusal
+from missionbound.enforce.rs.guard import MissionContext, MissionGuard, metadata_path
+from missionbound.enforce.rs.request import Extractor
+
+STATE_KEY = "mission"
+
+
+@dataclass(frozen=True)
+class Protect:
+    """``method`` + ``path`` (a Starlette path template such as ``/invoices/{invoice_id}``,
+    relative to where the application is mounted) perform ``action``; ``bind`` says which
+    request parameter each constraint key of the Mission is checked against; ``labels``
+    overrides the resource's data-classification labels for this route."""
+
+    method: str
+    path: str
+    action: str
+    bind: Mapping[str, Extractor] = field(default_factory=dict)
+    labels: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    route: Protect
+    pattern: re.Pattern[str]
+    convertors: dict[str, Any]
+
+
+class MissionMiddleware:
+    def __init__(self, app: ASGIApp, *, guard: MissionGuard, routes: Sequence[Protect],
+                 public: Sequence[str] = ()) -> None:
+        self.app = app
+        self.guard = guard
+        self.public = tuple(path.rstrip("/") or "/" for path in public)
+        self._routes = []
+        for route in routes:
+            pattern, _, convertors = compile_path(route.path)
+            self._routes.append(_Compiled(route, pattern, convertors))
+            guard.declare(route.action, route.bind, route.labels)
+        self._metadata_path = metadata_path(guard.resource)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            # Lifespan passes; a WebSocket carries no DPoP proof per message: not served.
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
+        path = _route_path(scope)
+        if scope["path"] == self._metadata_path and scope["method"] in ("GET", "HEAD"):
+            await JSONResponse(self.guard.metadata())(scope, receive, send)
+            return
+        if self._is_public(path):
+            await self.app(scope, receive, send)
+            return
+        route, params = self._match(scope["method"], path)
+        request = Request(scope, receive)
+        try:
+            context = await self.guard.authorize(
+                request, route.action if route else None,
+                bind=route.bind if route else None,
+                labels=route.labels if route else None, path_params=params)
+        except RSRefusal as refusal:
+            await self.guard.refusal_response(refusal)(scope, receive, send)
+            return
+        scope.setdefault("state", {})[STATE_KEY] = context
+        if route is not None and any(e.needs_json_body for e in route.bind.values()):
+            receive = _replay(await request.body(), receive)  # the guard read it
+        await self.app(scope, receive, send)
+
+    def _is_public(self, path: str) -> bool:
+        # A public path opens itself and what lies under it, except "/": under the root
+        # lies the whole API, so "/" opens the root page alone (fail closed).
+        return any(path == prefix or (prefix != "/" and path.startswith(prefix + "/"))
+                   for prefix in self.public)
+
+    def _match(self, method: str, path: str) -> tuple[Protect | None, dict[str, str]]:
+        for compiled in self._routes:
+            # HTTP methods are case-sensitive (RFC 9110 section 9.1) and servers send them
+            # upper case; a table written "get" means GET.
+            if compiled.route.method.upper() != method:
+                continue
+            match = compiled.pattern.match(path)
+            if match is not None:
+                return compiled.route, dict(match.groupdict())
+        return None, {}
+
+
+def mission_context(request: Request) -> MissionContext:
+    """The context :class:`MissionMiddleware` verified for ``request``. Raises LookupError
+    when the request did not pass through the middleware (a public path, say)."""
+    context = request.scope.get("state", {}).get(STATE_KEY)
+    if not isinstance(context, MissionContext):
+        raise LookupError("this request was not checked by MissionMiddleware")
+    return context
+
+
+def _route_path(scope: Scope) -> str:
+    """The path relative to where the application is mounted (Starlette keeps the full path
+    in ``path`` and the mount point in ``root_path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path or "/"
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the application the body the guard already read."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
