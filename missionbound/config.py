@@ -181,6 +181,16 @@ class Settings(BaseSettings):
         description="Longest a replica trusts its cached Mission state without reading it "
         "again, even with no change notification; 0 turns the cache off.",
     )
+    demo_erp_staleness_seconds: float = Field(
+        default=5.0, ge=0, le=3600, allow_inf_nan=False,
+        description="Demo tenant: the demo ERP API's published staleness bound (RS-C): the "
+        "longest it acts on a Mission state the AS told it earlier.",
+    )
+    demo_erp_signals: bool = Field(
+        default=True,
+        description="Demo tenant: `serve` subscribes the demo ERP API to the AS's Mission "
+        "lifecycle events (Shared Signals push), so a revocation is refused at once.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     role: Literal["issuer", "resource_as"] = Field(
         default="issuer",
@@ -232,6 +242,7 @@ class Settings(BaseSettings):
         "expiry_sweep_seconds", "max_mission_lifetime", "mission_status_lifetime_seconds",
         "signals_delivery_seconds", "signals_push_timeout_seconds", "signals_max_backoff_seconds",
         "mission_cache_max_age_seconds", "id_jag_lifetime_seconds", "txn_token_lifetime_seconds",
+        "demo_erp_staleness_seconds",
         mode="before",
     )
     @classmethod

@@ -1,11 +1,13 @@
 """The application factory. Everything the app needs arrives as an argument and lives in
 ``app.state``; two apps in one process (tests, a replica pair) share nothing.
 
-The app serves what its ``role`` is. The Mission Issuer (``issuer``) serves everything. A
-Resource AS (``resource_as``: PROFILE.md section 11, docs/resource-as.md) holds no Mission
-and serves only ``/token``, ``/jwks``, ``/introspect``, ``/revoke``, ``/healthz`` and its
-metadata: no PAR, authorization, consent, sign-in, console, Mission governance, Shared
-Signals or registration.
+The app serves what its ``role`` is. The Mission Issuer (``issuer``) serves everything, and
+with the demo tenant also the demo ERP API at ``/demo/erp`` (:mod:`missionbound.demo.erp`, a
+Resource Server that reaches this AS over HTTP like any other). A Resource AS
+(``resource_as``: PROFILE.md section 11, docs/resource-as.md) holds no Mission and serves
+only ``/token``, ``/jwks``, ``/introspect``, ``/revoke``, ``/healthz`` and its metadata: no
+PAR, authorization, consent, sign-in, console, Mission governance, Shared Signals or
+registration.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from missionbound.config import Settings
+from missionbound.demo.erp import build_erp_app
+from missionbound.enforce.rs.guard import MissionGuard, metadata_path
 from missionbound.issuer.server import MissionIssuer
 from missionbound.issuer.signal_dispatcher import build_dispatcher
 from missionbound.issuer.trusted_origins import TrustedOrigins, attach_trusted_origins
@@ -31,7 +36,7 @@ from missionbound.store.change_feed import ChangeFeed
 from missionbound.store.engine import create_engine_for
 from missionbound.store.mission_cache import MissionStateCache
 from missionbound.store.transactions import Store
-from missionbound.tenant import Tenant, load_tenant
+from missionbound.tenant import Tenant, demo_credentials, load_tenant
 from missionbound.web import (
     approval,
     console,
@@ -49,6 +54,11 @@ from missionbound.web.expiry_sweep import sweep_periodically
 from missionbound.web.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
 from missionbound.web.pages import mount_static
 
+DEMO_ERP_PATH = "/demo/erp"
+DEMO_RS_CLIENT_ID = "demo-rs"  # the demo Resource Servers' credential (demo/tenant.toml)
+# Each call of the demo ERP to the AS (JWKS, Mission Status, stream API) is bounded by this.
+DEMO_ERP_HTTP_TIMEOUT = 5.0
+
 
 def create_app(
     settings: Settings,
@@ -62,14 +72,22 @@ def create_app(
     ``tenant`` defaults to :func:`~missionbound.tenant.load_tenant` of ``settings``; ``engine``
     to a new engine for ``settings.database_url``, disposed when the app shuts down (an engine
     passed in belongs to the caller). Migrations are the caller's job (``serve`` runs them).
-    ``http_client`` (resource_as role) is what calls the trusted origins; by default one of
-    the app's own, bounded by ``trusted_origins.ORIGIN_TIMEOUT`` and closed at shutdown.
+    ``http_client`` is what the app calls other servers with: the trusted origins (resource_as
+    role), or this AS itself for the demo ERP API (issuer role, demo tenant: its JWKS, Mission
+    Status and Shared Signals streams, at the issuer URL). By default one of the app's own,
+    with bounded timeouts, closed at shutdown; one passed in belongs to the caller (in-process
+    tests pass a client that reaches the app without a network).
     """
     tenant = tenant if tenant is not None else load_tenant(settings)
     owns_engine = engine is None
     db = engine if engine is not None else create_engine_for(settings.database_url)
     if settings.role == "resource_as":
         return _resource_as_app(settings, tenant, db, owns_engine, http_client)
+
+    erp_http = None
+    if tenant.is_demo:
+        erp_http = http_client if http_client is not None else httpx.Client(
+            timeout=DEMO_ERP_HTTP_TIMEOUT)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -84,15 +102,22 @@ def create_app(
         dispatcher = app.state.signal_dispatcher
         if settings.signals_delivery_seconds > 0:
             dispatcher.start()  # Shared Signals fan-out and push (issuer/signal_dispatcher.py)
+        erp_signals = app.state.demo_erp.state.signals if app.state.demo_erp else None
+        # The demo ERP's stream can only be made once this server answers: in the
+        # background, with bounded retries (demo/erp.py ErpSignals.run).
+        subscriber = asyncio.create_task(erp_signals.run()) if erp_signals is not None else None
         try:
             yield
         finally:
             await dispatcher.stop()
             await asyncio.to_thread(change_feed.stop)
-            if sweeper is not None:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+            for task in (sweeper, subscriber):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if erp_http is not None and http_client is None:
+                erp_http.close()
             if owns_engine:
                 db.dispose()
 
@@ -121,8 +146,38 @@ def create_app(
     app.include_router(governance.router)
     app.include_router(console.router)
     app.include_router(ssf.router)
+    app.state.demo_erp = None
+    if erp_http is not None:
+        _mount_demo_erp(app, settings, tenant, erp_http)
     mount_static(app)
     return app
+
+
+def _mount_demo_erp(app: FastAPI, settings: Settings, tenant: Tenant,
+                    http_client: httpx.Client) -> None:
+    """The demo ERP API at ``/demo/erp`` (DESIGN.md "The demo tenant"), and its RFC 9728
+    Protected Resource Metadata at ``/.well-known/oauth-protected-resource/demo/erp``
+    (section 3.1: the well-known suffix goes at the host's root, outside the mounted app)."""
+    resource = settings.issuer + DEMO_ERP_PATH
+    secret = next(credential.secret for credential in demo_credentials()
+                  if credential.kind == "client" and credential.name == DEMO_RS_CLIENT_ID)
+    catalog_entry = tenant.catalog.resources.get(resource)
+    erp = build_erp_app(
+        issuer=settings.issuer, resource=resource, http_client=http_client,
+        rs_client_id=DEMO_RS_CLIENT_ID, rs_client_secret=secret,
+        staleness_seconds=settings.demo_erp_staleness_seconds,
+        labels=catalog_entry.labels if catalog_entry is not None else (),
+        signals=settings.demo_erp_signals,
+    )
+    guard: MissionGuard = erp.state.guard
+
+    async def demo_erp_metadata() -> JSONResponse:
+        return JSONResponse(guard.metadata())
+
+    app.add_api_route(metadata_path(resource), demo_erp_metadata, methods=["GET"],
+                      include_in_schema=False)
+    app.mount(DEMO_ERP_PATH, erp)
+    app.state.demo_erp = erp
 
 
 def _resource_as_app(settings: Settings, tenant: Tenant, db: Engine, owns_engine: bool,
