@@ -12,9 +12,12 @@ It plays the OAuth client ``demo-agent`` of the demo tenant against a running
    come back to http://127.0.0.1:8765/callback (sign in as bob, password bob: he approves
    for alice), or, with ``--approve-as``, signs in and approves itself through the forms;
 3. redeems the code for a DPoP-bound access token (a JWT carrying ``mission``) and a
-   refresh token, prints the token's claims, then refreshes once.
+   refresh token, prints the token's claims, then refreshes once;
+4. calls the demo ERP API (``/demo/erp``, a Resource Server built on
+   ``missionbound.enforce.rs``): lists the invoices, posts a journal entry under the
+   Mission's 500 USD cap (201) and one over it (refused: 403 ``insufficient_scope``).
 
-Exit 0 when it holds a refreshed token; 1 with the server's error otherwise.
+Exit 0 when every step went as described; 1 with the server's error otherwise.
 """
 
 from __future__ import annotations
@@ -63,11 +66,14 @@ class DPoPKey:
         self.key = ECKey.generate_key("P-256", private=True)
         self.nonce: str | None = None
 
-    def proof(self, method: str, url: str) -> str:
+    def proof(self, method: str, url: str, access_token: str | None = None) -> str:
         claims: dict[str, Any] = {"jti": secrets.token_urlsafe(16), "htm": method,
                                   "htu": url, "iat": int(time.time())}
         if self.nonce:
             claims["nonce"] = self.nonce
+        if access_token is not None:  # at a Resource Server: the token's hash (section 4.2)
+            digest = hashlib.sha256(access_token.encode("ascii")).digest()
+            claims["ath"] = base64.urlsafe_b64encode(digest).decode().rstrip("=")
         header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": self.key.as_dict(private=False)}
         return jws.serialize_compact(header, json.dumps(claims).encode(), self.key)
 
@@ -149,6 +155,28 @@ def wait_for_callback(timeout: float) -> str:
     return received[0]
 
 
+def call_erp(http: httpx.Client, dpop: DPoPKey, issuer: str, access_token: str) -> bool:
+    """The demo ERP API with the Mission's token: what it allows and what it refuses."""
+    def send(method: str, path: str, body: dict[str, str] | None = None) -> httpx.Response:
+        url = f"{issuer}/demo/erp{path}"
+        return http.request(method, url, json=body, headers={
+            "Authorization": f"DPoP {access_token}",
+            "DPoP": dpop.proof(method, url, access_token)})
+
+    invoices = send("GET", "/invoices")
+    print(f"GET /demo/erp/invoices -> {invoices.status_code}: "
+          f"{len(invoices.json().get('invoices', []))} invoices")
+    under = send("POST", "/journal-entries",
+                 {"invoice_id": "inv-acme-1", "amount": "120.00", "currency": "USD"})
+    print(f"POST a 120.00 USD journal entry -> {under.status_code} "
+          f"(posted by {under.json().get('posted_by')})")
+    over = send("POST", "/journal-entries",
+                {"invoice_id": "inv-acme-big", "amount": "900.00", "currency": "USD"})
+    print(f"POST a 900.00 USD journal entry -> {over.status_code} "
+          f"{over.json().get('error')}: {over.json().get('error_description')}")
+    return (invoices.status_code, under.status_code, over.status_code) == (200, 201, 403)
+
+
 def claims_of(jwt: str) -> dict[str, Any]:
     payload = jwt.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
@@ -209,7 +237,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(refreshed.json(), indent=2))
         return 1
     print("Refreshed: a new access token and a rotated refresh token.")
-    return 0
+    return 0 if call_erp(http, dpop, issuer, refreshed.json()["access_token"]) else 1
 
 
 if __name__ == "__main__":

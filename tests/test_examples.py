@@ -50,3 +50,7 @@ def test_demo_agent_gets_mission_bound_tokens_from_a_running_server(tmp_path: Pa
     assert "is active; token_type DPoP." in result.stdout
     assert '"origin": "' + server.base_url + '"' in result.stdout
     assert "Refreshed" in result.stdout
+    # The demo ERP API (missionbound.enforce.rs) honours the Mission's 500 USD cap.
+    assert "GET /demo/erp/invoices -> 200: 4 invoices" in result.stdout
+    assert "POST a 120.00 USD journal entry -> 201 (posted by alice)" in result.stdout
+    assert "POST a 900.00 USD journal entry -> 403 insufficient_scope" in result.stdout

@@ -120,7 +120,9 @@ def print_demo_banner(settings: Settings) -> None:
     stdout().print(
         f"issuer   {settings.issuer}\n"
         f"database {settings.database_url_for_display}\n"
-        f"docs     {settings.issuer}/docs",
+        f"docs     {settings.issuer}/docs\n"
+        f"console  {settings.issuer}/console/\n"
+        f"demo ERP {settings.issuer}/demo/erp (a Resource Server, docs/resource-servers.md)",
         highlight=False,
     )
 

@@ -101,8 +101,7 @@ def build_erp_app(
     :class:`ErpSignals` that subscribes to the AS's lifecycle events (call
     :meth:`ErpSignals.run` once the AS listens); without, it is None.
     """
-    # The AS's keys, for the Mission Status answers and the SETs (the guard keeps its own
-    # cache of the same set for access tokens, read without blocking the event loop).
+    # The AS's keys, one cache for the access tokens, the Mission Status answers and the SETs.
     as_keys = JwksCache(f"{issuer}/jwks", client=http_client)
     book = MissionStateBook(max_missions=100_000) if signals else None
     # RS-C: the Mission must be active as the AS said at most staleness_seconds ago, or as a
@@ -115,12 +114,11 @@ def build_erp_app(
         staleness_seconds=staleness_seconds, book=book)
     guard = MissionGuard(
         resource=resource,
-        issuers=[TrustedIssuer(issuer, jwks_uri=f"{issuer}/jwks")],
+        issuers=[TrustedIssuer(issuer, keys=as_keys)],
         tier=Tier.RS_C,
         state=state,
         labels=labels,
         dpop_required=True,  # sender-constrained tokens only (RFC 9449)
-        http_client=http_client,
         # Clients sign the URL they address: the resource's public origin (DPoP htu).
         public_base_url=issuer,
         resource_name="Demo ERP API",
