@@ -8,7 +8,9 @@ returns the verified :class:`MissionContext`, or raises an
    header, scheme ``Bearer`` or ``DPoP``.
 2. **The token** (RFC 9068 section 4, :func:`~missionbound.protocol.access_tokens
    .verify_access_token`): a trusted ``iss``, ``typ: at+jwt``, an asymmetric signature by a
-   key of the issuer's JWKS (cached; a new ``kid`` refetches once, so rotation just works),
+   key of the issuer's JWKS (cached; a new ``kid`` refetches once, so rotation just works,
+   though no sooner than the cache's refresh limit after the last fetch: until then 503 with
+   the ``Retry-After`` the limit implies),
    ``aud`` = this resource, ``exp``/``iat``/``nbf``, and the ``mission`` claim: a token
    without it is refused (downgrade by omission).
 3. **Sender constraint** (RFC 9449 sections 4.3 and 7): a DPoP-bound token (``cnf.jkt``)
@@ -34,6 +36,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -124,7 +127,9 @@ class Tier(StrEnum):
 @dataclass(frozen=True)
 class TrustedIssuer:
     """An Authorization Server whose tokens this resource accepts: ``issuer`` exactly as in
-    ``iss``, and its keys, from ``jwks_uri`` (fetched and cached) or given as ``keys``."""
+    ``iss``, and its keys, from ``jwks_uri`` (fetched and cached) or given as ``keys``
+    (``StaticKeys``, or a ``JwksCache`` shared with other parts of the API). A key source of
+    another kind is called on the event loop, so it must not block."""
 
     issuer: str
     jwks_uri: str | None = None
@@ -210,7 +215,9 @@ class MissionGuard:
     data-classification labels (PROFILE.md section 6). ``dpop_required`` refuses tokens
     that are not DPoP-bound. ``dpop_nonce_secret`` makes proofs carry this server's nonce
     (RFC 9449 section 9; every replica needs the same secret). ``public_base_url`` is the
-    scheme and host clients use (behind a proxy), for DPoP ``htu``. ``state`` (required at
+    scheme and host clients address, for DPoP ``htu``: by default the resource identifier's
+    own, never the request's ``Host`` header (a proof made for another server that happens
+    to accept the same token would pass otherwise). ``state`` (required at
     RS-C) is where the Mission's state comes from; ``mission_origin`` the Authorization
     Server that holds the Missions (default: the one trusted issuer).
     """
@@ -264,7 +271,7 @@ class MissionGuard:
         if len(self._issuers) != len(issuers):
             raise ValueError("an issuer is listed twice")
         self.mission_origin = mission_origin or next(iter(self._issuers))
-        self._public_origin = _origin_of(public_base_url) if public_base_url else None
+        self._public_origin = _origin_of(public_base_url or resource)
         self.accepted_schemes = ((Scheme.DPOP,) if dpop_required
                                  else (Scheme.BEARER, Scheme.DPOP))
         self.metadata_url = protected_resource_metadata_url(resource)
@@ -465,9 +472,7 @@ class MissionGuard:
         the path as sent, percent-encoded (ASGI ``raw_path``), never Starlette's decoded
         ``url.path``, in which ``/a%20b`` or ``/caf%C3%A9`` no longer compares with the
         proof's ``htu``."""
-        url = request.url
-        origin = self._public_origin or f"{url.scheme}://{url.netloc}"
-        return origin + _target_path(request)
+        return self._public_origin + _target_path(request)
 
     async def _authority(
         self, request: Request, token: AccessToken, action: str | None,
@@ -536,10 +541,11 @@ class MissionGuard:
         """The body, never read past ``max_body_bytes``: a chunked body declares no length,
         and ``request.body()`` would buffer whatever the client keeps sending."""
         received = bytearray()
-        async for chunk in request.stream():
-            received += chunk
-            if len(received) > self.max_body_bytes:
-                raise self._too_large()
+        async with aclosing(request.stream()) as chunks:
+            async for chunk in chunks:
+                received += chunk
+                if len(received) > self.max_body_bytes:
+                    raise self._too_large()
         body = bytes(received)
         # Where Request.body() keeps what it read: the route (FastAPI) and the middleware,
         # which hands the body on to the application, read it from there again.
