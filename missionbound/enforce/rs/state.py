@@ -32,7 +32,6 @@ is cached. Every state but ``active`` refuses; :func:`effective` applies the clo
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -44,6 +43,8 @@ from typing import Any, Protocol
 import httpx
 
 from missionbound.enforce.signals import ENDED_STATES, MissionState, MissionStateBook
+from missionbound.mission.canonical import parse_strict
+from missionbound.mission.errors import InvalidRequest
 from missionbound.protocol.jwks import HttpClientOwner, KeySource
 from missionbound.protocol.mission_status import (
     MissionStatusUnavailable,
@@ -270,9 +271,11 @@ class IntrospectionSource(HttpClientOwner):
                 f"the introspection endpoint {where} cannot be reached "
                 f"({type(exc).__name__})") from exc
         try:
-            body = json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=_unique_members,
-                              parse_constant=_not_json)
-        except (UnicodeDecodeError, ValueError, RecursionError):
+            # Strict (a member named twice could mean one thing here and another to a
+            # different parser); floats allowed, as another AS may send them.
+            body = parse_strict(bytes(raw), max_size=MAX_INTROSPECTION_BYTES,
+                                what="the introspection answer", allow_floats=True)
+        except InvalidRequest:
             raise self._unusable("not a JSON document") from None
         if not isinstance(body, dict):
             raise self._unusable("not a JSON object")
@@ -282,20 +285,6 @@ class IntrospectionSource(HttpClientOwner):
         return StateUnavailable(
             f"the introspection answer of {self.introspection_endpoint} cannot be relied on "
             f"({what}); refusing (fail closed)")
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two "active" members could mean one thing here and another to a different parser.
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise ValueError(f"the member {name[:100]!r} appears twice")
-        out[name] = value
-    return out
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 class _Flight:
