@@ -162,3 +162,36 @@ def test_without_signals_a_revocation_is_refused_after_the_staleness_bound(
         events = {entry.get("event") for entry in log_entries(server)}
         assert "set_received" not in events and "demo_erp_signals_ready" not in events
         no_server_errors(server)
+
+
+def test_a_burst_of_state_lookups_does_not_starve_the_as_it_asks(tmp_path: Path) -> None:
+    # The demo ERP asks this same process's /mission/status and /jwks. 80 requests of one
+    # Mission arriving together once its state is stale must all be answered: their waits
+    # stay in the guard's own thread pool, never on the threads those endpoints need (with
+    # the shared pool they all came back 503 mission_state_unavailable after 6 s).
+    import asyncio
+
+    env = {"MISSIONBOUND_DEMO_ERP_SIGNALS": "false",
+           "MISSIONBOUND_DEMO_ERP_STALENESS_SECONDS": "1"}
+    with running_server(tmp_path, env=env) as server, client_for(server) as http:
+        issuer = server.base_url
+        granted = grant_through(http, issuer)
+        url = f"{issuer}/demo/erp/invoices"
+
+        def headers() -> dict[str, str]:
+            made = make_proof(granted.key, htm="GET", htu=url, iat=int(time.time()),
+                              ath=access_token_hash(granted.access_token))
+            return {"Authorization": f"DPoP {granted.access_token}", "DPoP": made}
+
+        assert http.get(url, headers=headers()).status_code == 200
+        time.sleep(1.2)  # the observation is now older than the bound
+        burst = [headers() for _ in range(80)]
+
+        async def send_all() -> list[int]:
+            limits = httpx.Limits(max_connections=90, max_keepalive_connections=90)
+            async with httpx.AsyncClient(timeout=20, limits=limits) as client:
+                answers = await asyncio.gather(*(client.get(url, headers=h) for h in burst))
+            return [answer.status_code for answer in answers]
+
+        assert asyncio.run(send_all()) == [200] * 80
+        no_server_errors(server)

@@ -107,6 +107,10 @@ log = structlog.get_logger("missionbound.enforce.rs")
 # RFC 6750 section 2.1: b64token.
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_WORKER_THREADS = 16
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+# request.scope key: the DPoP proofs this request already spent (see _check_sender).
+_SPENT_PROOFS = "missionbound.rs.spent_proofs"
 # A jti is remembered a minute past its proof's window, so a clock running slightly behind
 # the client's still refuses the replay.
 _REPLAY_MARGIN_SECONDS = 60.0
@@ -241,16 +245,23 @@ class MissionGuard:
         resource_name: str | None = None,
         resource_documentation: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        worker_threads: int = DEFAULT_WORKER_THREADS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         parts = urlsplit(resource)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
-            raise ValueError(f"resource must be an absolute http(s) URI without fragment, "
-                             f"not {resource!r}")
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment \
+                or parts.query:
+            # A query would have to follow the RFC 9728 well-known suffix (section 3.1): no
+            # resource of ours needs one, so it is refused rather than half supported.
+            raise ValueError(f"resource must be an absolute http(s) URI without query or "
+                             f"fragment, not {resource!r}")
         if not issuers:
             raise ValueError("at least one trusted issuer is required")
         if tier is Tier.RS_C and state is None:
             raise ValueError("RS-C needs a state source (a MissionStateView)")
+        if tier is Tier.RS_B and state is not None:
+            # A state source that is never asked would look like RS-C and not be it.
+            raise ValueError("a state source is read at RS-C only: pass tier=Tier.RS_C")
         if dpop_nonce_secret is not None and len(dpop_nonce_secret) < 16:
             raise ValueError("dpop_nonce_secret must be at least 16 bytes")
         self.resource = resource
@@ -266,6 +277,10 @@ class MissionGuard:
         self._nonce_secret = dpop_nonce_secret
         self._replay = replay_cache if replay_cache is not None else MemoryReplayCache()
         self._verified = VerifiedTokens()
+        # The guard's own worker threads for key and state fetches: a burst of cache misses
+        # waits here, never on the threads the application (or an AS in the same process,
+        # which these fetches may be calling) needs to answer.
+        self._threads = anyio.CapacityLimiter(worker_threads)
         self._clock = clock
         self._issuers = {spec.issuer: self._issuer(spec, http_client) for spec in issuers}
         if len(self._issuers) != len(issuers):
@@ -393,7 +408,8 @@ class MissionGuard:
                 return verify(keys=issuer.inline_keys)
             except _MustFetch:
                 # Not cached (first use, old copy, a rotated key): fetch off the event loop.
-                return await anyio.to_thread.run_sync(partial(verify, keys=issuer.keys))
+                return await anyio.to_thread.run_sync(partial(verify, keys=issuer.keys),
+                                                      limiter=self._threads)
         except AccessTokenRejected as exc:
             raise InvalidTokenRefusal(exc.reason, exc.description) from None
         except JwksUnavailable as exc:
@@ -455,10 +471,15 @@ class MissionGuard:
             raise InvalidDPoPProofRefusal("wrong_key", "the DPoP proof is signed with another "
                                           "key than the one the access token is bound to "
                                           "(cnf.jkt)")
+        replay_key = f"{proof.jkt}:{proof.jti}"
+        # Two guard dependencies on one route check the same request twice: the proof was
+        # spent by this very request, which is not a replay.
+        spent_here: set[str] = request.scope.setdefault(_SPENT_PROOFS, set())
+        if replay_key in spent_here:
+            return
         remember = (proof.accepted_until - now).total_seconds() + _REPLAY_MARGIN_SECONDS
         try:
-            first = self._replay.first_use(f"{proof.jkt}:{proof.jti}",
-                                           remember_seconds=remember)
+            first = self._replay.first_use(replay_key, remember_seconds=remember)
         except ReplayCacheFull:
             log.warning("rs_dpop_replay_cache_full")
             raise UnavailableRefusal("replay_cache_full", "too many DPoP proofs in flight; "
@@ -466,6 +487,7 @@ class MissionGuard:
         if not first:
             raise InvalidDPoPProofRefusal("replayed_proof", "this DPoP proof was already used: "
                                           "sign a new proof for each request")
+        spent_here.add(replay_key)
 
     def _request_url(self, request: Request) -> str:
         """The URL the client addressed (RFC 9449 section 4.3 item 9, RFC 9110 section 7.1):
@@ -523,12 +545,17 @@ class MissionGuard:
         return RequestFacts(
             method=request.method, path=request.url.path,
             path_params=dict(request.path_params if path_params is None else path_params),
-            query=dict(request.query_params), headers=dict(request.headers), json_body=body)
+            query=_single_values(request.query_params.multi_items()),
+            headers=_single_values(request.headers.items()), json_body=body)
 
     async def _json_body(self, request: Request) -> Any:
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise self._too_large()
+        if declared is not None:
+            if not _CONTENT_LENGTH.fullmatch(declared):
+                raise InvalidRequestRefusal("malformed_content_length",
+                                            "the Content-Length header is not a length")
+            if int(declared) > self.max_body_bytes:
+                raise self._too_large()
         raw = await self._bounded_body(request)
         if not raw:
             return MISSING
@@ -568,7 +595,7 @@ class MissionGuard:
         if observed is None:
             try:
                 observed = await anyio.to_thread.run_sync(
-                    partial(view.observe, mission.id, access_token=raw))
+                    partial(view.observe, mission.id, access_token=raw), limiter=self._threads)
             except StateUnavailable as exc:
                 log.warning("rs_mission_state_unavailable", mission=mission.id, detail=str(exc))
                 raise UnavailableRefusal("mission_state_unavailable", "the Mission's state "
@@ -647,6 +674,20 @@ def _target_path(request: Request) -> str:
     return quote(request.url.path, safe=_PATH_SAFE)
 
 
+def _single_values(items: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Each name's value; a name sent more than once maps to the list of its values, which no
+    constraint accepts (parameter_invalid): the guard must never check one value while the
+    application uses another."""
+    out: dict[str, Any] = {}
+    for name, value in items:
+        if name in out:
+            previous = out[name]
+            out[name] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        else:
+            out[name] = value
+    return out
+
+
 def _grants(entry: Mapping[str, Any], action: str) -> bool:
     actions = entry.get("actions")
     return isinstance(actions, list) and action in actions
@@ -664,7 +705,8 @@ def protected_resource_metadata_url(resource: str) -> str:
     resource identifier (``https://x/api`` -> ``https://x/.well-known/oauth-protected-
     resource/api``)."""
     parts = urlsplit(resource)
-    path = parts.path.rstrip("/") if parts.path != "/" else ""
+    # Section 3.1: only a path of "/" alone is dropped; any other path follows as it is.
+    path = parts.path if parts.path != "/" else ""
     return f"{parts.scheme}://{parts.netloc}{RFC9728_WELL_KNOWN}{path}"
 
 

@@ -3,9 +3,11 @@
 A proof is accepted for a bounded time (its ``iat`` plus the acceptance window), so its
 ``jti`` needs remembering only that long. :class:`MemoryReplayCache` keeps them in this
 process. Several replicas of one Resource Server each keep their own, so a proof replayed to
-another replica inside the window is not caught; such a deployment either plugs in a shared
-:class:`ReplayCache` or requires server nonces (``dpop_nonce_secret``), which shorten the
-window a replay can use (docs/resource-servers.md).
+another replica inside the window is not caught: such a deployment plugs in a shared
+:class:`ReplayCache` (server nonces do not help here: a nonce outlives a proof's window).
+The cache is shared by every client: one client sending hundreds of requests a second for
+minutes can fill it, and everyone then gets 503 until entries age out (size it, or plug in
+a store, for such traffic).
 """
 
 from __future__ import annotations

@@ -49,8 +49,9 @@ shape)."""
 
 @dataclass(frozen=True)
 class RequestFacts:
-    """The parts of a request constraints are read from. ``query`` holds the first value of
-    each name; ``headers`` have lower-case names; ``json_body`` is the strictly parsed body
+    """The parts of a request constraints are read from. ``query`` and ``headers`` (lower-case
+    names) map each name to its value, or to the list of its values when it was sent more
+    than once (which no constraint accepts); ``json_body`` is the strictly parsed body
     (:func:`parse_json_body`), or :data:`MISSING` when the body was not read or was empty."""
 
     method: str

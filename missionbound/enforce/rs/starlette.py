@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import compile_path
@@ -26,6 +27,7 @@ from missionbound.enforce.rs.guard import MissionContext, MissionGuard, metadata
 from missionbound.enforce.rs.request import Extractor
 
 STATE_KEY = "mission"
+log = structlog.get_logger("missionbound.enforce.rs")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,11 @@ class MissionMiddleware:
                    for prefix in self.public)
 
     def _match(self, method: str, path: str) -> tuple[Protect | None, dict[str, str]]:
+        """The one declared route for the request. Starlette dispatches by the
+        application's own route order, which this table cannot see: when two lines that ask
+        for different things match (``/invoices/{id}`` and ``/invoices/export``), either
+        could be the route that runs, so the request counts as undeclared (fail closed)."""
+        found: list[tuple[Protect, dict[str, str]]] = []
         for compiled in self._routes:
             # HTTP methods are case-sensitive (RFC 9110 section 9.1) and servers send them
             # upper case; a table written "get" means GET.
@@ -106,8 +113,20 @@ class MissionMiddleware:
                 continue
             match = compiled.pattern.match(path)
             if match is not None:
-                return compiled.route, dict(match.groupdict())
-        return None, {}
+                found.append((compiled.route, dict(match.groupdict())))
+        if not found:
+            return None, {}
+        first = found[0][0]
+        if any(_demands(route) != _demands(first) for route, _ in found[1:]):
+            log.warning("rs_route_ambiguous", method=method, path=path,
+                        actions=sorted({route.action for route, _ in found}))
+            return None, {}
+        return found[0]
+
+
+def _demands(route: Protect) -> tuple[str, dict[str, Extractor], tuple[str, ...] | None]:
+    labels = None if route.labels is None else tuple(route.labels)
+    return route.action, dict(route.bind), labels
 
 
 def mission_context(request: Request) -> MissionContext:
