@@ -45,6 +45,7 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
 from missionbound.enforce.rs import (
+    DEFAULT_STALENESS_SECONDS,
     MISSING,
     MissionContext,
     MissionGuard,
@@ -64,7 +65,6 @@ log = structlog.get_logger("missionbound.demo.erp")
 
 PUSH_PATH = "/ssf/events"  # where the AS pushes lifecycle events, under the app
 PUSH_METHOD = "urn:ietf:rfc:8935"  # SSF delivery method: RFC 8935 push
-DEFAULT_STALENESS_SECONDS = 5.0
 STREAM_DESCRIPTION = "demo ERP API"  # marks this API's stream among demo-rs's
 
 # The demo invoices (DESIGN.md "The demo tenant"). Amounts are decimal strings, never floats.

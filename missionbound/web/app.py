@@ -22,12 +22,11 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from missionbound.config import Settings
 from missionbound.demo.erp import build_erp_app
-from missionbound.enforce.rs.guard import MissionGuard, metadata_path
+from missionbound.enforce.rs import add_metadata_route
 from missionbound.issuer.server import MissionIssuer
 from missionbound.issuer.signal_dispatcher import build_dispatcher
 from missionbound.issuer.trusted_origins import TrustedOrigins, attach_trusted_origins
@@ -169,13 +168,7 @@ def _mount_demo_erp(app: FastAPI, settings: Settings, tenant: Tenant,
         labels=catalog_entry.labels if catalog_entry is not None else (),
         signals=settings.demo_erp_signals,
     )
-    guard: MissionGuard = erp.state.guard
-
-    async def demo_erp_metadata() -> JSONResponse:
-        return JSONResponse(guard.metadata())
-
-    app.add_api_route(metadata_path(resource), demo_erp_metadata, methods=["GET"],
-                      include_in_schema=False)
+    add_metadata_route(app, erp.state.guard)
     app.mount(DEMO_ERP_PATH, erp)
     app.state.demo_erp = erp
 

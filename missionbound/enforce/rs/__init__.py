@@ -26,7 +26,12 @@ from missionbound.enforce.rs.errors import (
     UnavailableRefusal,
     UseDPoPNonceRefusal,
 )
-from missionbound.enforce.rs.fastapi import MissionRefused, install, require_mission
+from missionbound.enforce.rs.fastapi import (
+    MissionRefused,
+    add_metadata_route,
+    install,
+    require_mission,
+)
 from missionbound.enforce.rs.guard import (
     MissionContext,
     MissionGuard,
@@ -47,6 +52,7 @@ from missionbound.enforce.rs.request import (
 )
 from missionbound.enforce.rs.starlette import MissionMiddleware, Protect, mission_context
 from missionbound.enforce.rs.state import (
+    DEFAULT_STALENESS_SECONDS,
     IntrospectionSource,
     MissionStateView,
     MissionStatusSource,
@@ -55,12 +61,40 @@ from missionbound.enforce.rs.state import (
 )
 
 __all__ = [
-    "MISSING", "Extractor", "InsufficientScopeRefusal", "IntrospectionSource",
-    "InvalidDPoPProofRefusal", "InvalidRequestRefusal", "InvalidTokenRefusal",
-    "MemoryReplayCache", "MissionContext", "MissionGuard", "MissionMiddleware", "MissionRefused",
-    "MissionStateView", "MissionStatusSource", "NoCredentials", "ObservedState", "Protect",
-    "RSRefusal", "ReplayCache", "RequestFacts", "StateUnavailable", "Tier", "TrustedIssuer",
-    "UnavailableRefusal", "UseDPoPNonceRefusal", "header", "install", "json_field",
-    "mission_context", "money", "path_param", "protected_resource_metadata_url",
-    "query_param", "require_mission",
+    "DEFAULT_STALENESS_SECONDS",
+    "MISSING",
+    "Extractor",
+    "InsufficientScopeRefusal",
+    "IntrospectionSource",
+    "InvalidDPoPProofRefusal",
+    "InvalidRequestRefusal",
+    "InvalidTokenRefusal",
+    "MemoryReplayCache",
+    "MissionContext",
+    "MissionGuard",
+    "MissionMiddleware",
+    "MissionRefused",
+    "MissionStateView",
+    "MissionStatusSource",
+    "NoCredentials",
+    "ObservedState",
+    "Protect",
+    "RSRefusal",
+    "ReplayCache",
+    "RequestFacts",
+    "StateUnavailable",
+    "Tier",
+    "TrustedIssuer",
+    "UnavailableRefusal",
+    "UseDPoPNonceRefusal",
+    "add_metadata_route",
+    "header",
+    "install",
+    "json_field",
+    "mission_context",
+    "money",
+    "path_param",
+    "protected_resource_metadata_url",
+    "query_param",
+    "require_mission",
 ]

@@ -70,8 +70,16 @@ def install(app: FastAPI, guard: MissionGuard, *, serve_metadata: bool = True) -
 
     app.add_exception_handler(MissionRefused, refused)
     if serve_metadata:
-        async def protected_resource_metadata() -> JSONResponse:
-            return JSONResponse(guard.metadata())
+        add_metadata_route(app, guard)
 
-        app.add_api_route(metadata_path(guard.resource), protected_resource_metadata,
-                          methods=["GET"], include_in_schema=False)
+
+def add_metadata_route(app: FastAPI, guard: MissionGuard) -> None:
+    """Serve ``guard``'s RFC 9728 document at its well-known path on ``app``, which must be
+    the application at the host root (section 3.1): :func:`install` does it for such an
+    app; the host of a mounted app calls it itself."""
+
+    async def protected_resource_metadata() -> JSONResponse:
+        return JSONResponse(guard.metadata())
+
+    app.add_api_route(metadata_path(guard.resource), protected_resource_metadata,
+                      methods=["GET"], include_in_schema=False)

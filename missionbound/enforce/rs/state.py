@@ -47,6 +47,7 @@ from missionbound.mission.canonical import parse_strict
 from missionbound.mission.errors import InvalidRequest
 from missionbound.protocol.jwks import HttpClientOwner, KeySource
 from missionbound.protocol.mission_status import (
+    MAX_STATE_LENGTH,
     MissionStatusUnavailable,
     MissionStatusUnknown,
     request_mission_status,
@@ -71,7 +72,6 @@ DEFAULT_MAX_MISSIONS = 100_000
 # An introspection answer carries one token's claims and its authorization_details for this
 # RS's audiences: a few KiB. 256 KiB bounds it generously.
 MAX_INTROSPECTION_BYTES = 256 * 1024
-_MAX_STATE_LENGTH = 32
 _JSON_MEDIA_TYPES = frozenset({"application/json", "application/token-introspection+json"})
 
 
@@ -231,7 +231,7 @@ class IntrospectionSource(HttpClientOwner):
         if mission.get("id") != mission_id:
             raise self._unusable(f"the token's Mission is not {mission_id}")
         state, version = mission.get("state"), mission.get("version")
-        if not isinstance(state, str) or not 0 < len(state) <= _MAX_STATE_LENGTH:
+        if not isinstance(state, str) or not 0 < len(state) <= MAX_STATE_LENGTH:
             raise self._unusable('"mission" has no "state"')
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise self._unusable('"mission" "version" is not a positive integer')
