@@ -1,0 +1,42 @@
+"""Deny reasons of the Mission runtime profile (runtime-digest section 3.8), and the order in
+which the PDP checks them (section 1.10; docs/decisions.md records the choice)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.StrEnum):
+    VIEW_INCONSISTENT = "view_inconsistent"
+    MISSION_INACTIVE = "mission_inactive"
+    STALE_STATE = "stale_state"
+    CREDENTIAL_INVALID = "credential_invalid"
+    ACTOR_INVALID = "actor_invalid"
+    UNSUPPORTED_AUTHORIZATION_TYPE = "unsupported_authorization_type"
+    OUT_OF_AUTHORITY = "out_of_authority"
+    PARAMETER_VIOLATION = "parameter_violation"
+    CONSTRAINT_UNSUPPORTED = "constraint_unsupported"
+    RESOURCE_POLICY = "resource_policy"
+    DUPLICATE_SUPPRESSED = "duplicate_suppressed"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    QUOTA_EXCEEDED = "quota_exceeded"
+
+
+# When several checks would fail, the first in this order is the reason given. The order
+# follows runtime-digest section 1.10: who and when before what, what before how much, and
+# the stateful checks (idempotency, metering) last so an earlier deny never consumes.
+PRECEDENCE: tuple[Reason, ...] = (
+    Reason.VIEW_INCONSISTENT,
+    Reason.MISSION_INACTIVE,
+    Reason.STALE_STATE,
+    Reason.CREDENTIAL_INVALID,
+    Reason.ACTOR_INVALID,
+    Reason.UNSUPPORTED_AUTHORIZATION_TYPE,
+    Reason.OUT_OF_AUTHORITY,
+    Reason.PARAMETER_VIOLATION,  # parameter_digest missing or not the parameters' digest
+    Reason.CONSTRAINT_UNSUPPORTED,
+    Reason.RESOURCE_POLICY,
+    Reason.DUPLICATE_SUPPRESSED,
+    Reason.IDEMPOTENCY_CONFLICT,
+    Reason.QUOTA_EXCEEDED,
+)
