@@ -45,6 +45,7 @@ class ActionClass(enum.StrEnum):
 
 
 _CLASS_ORDER = list(ActionClass)
+_CLASS_VALUES = frozenset(c.value for c in ActionClass)
 
 
 def raise_class(base: ActionClass, proposed: ActionClass) -> ActionClass:
@@ -83,6 +84,9 @@ class Resource:
     delegation: DelegationCeiling | None = None
     # data_classification labels this resource carries (read by the PDP/RS).
     labels: tuple[str, ...] = ()
+    # The resource's minimum class per action name or ``family.*`` (PROFILE.md section 12:
+    # policy may only raise a class; RFC 9728 ``mission_action_class_floors``).
+    class_floors: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,14 @@ def load_catalog(raw: Mapping[str, Any]) -> Catalog:
             if name not in actions:
                 raise CatalogError(f"catalog: {where} default action {name!r} is not declared")
         labels = res.get("labels", [])
+        floors = res.get("class_floors", {})
+        if not isinstance(floors, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in floors.items()):
+            raise CatalogError(f"catalog: {where}.class_floors must map actions to classes")
+        for action_name, cls in floors.items():
+            if cls not in _CLASS_VALUES:
+                raise CatalogError(f"catalog: {where}.class_floors[{action_name!r}] is not one "
+                                   f"of {sorted(_CLASS_VALUES)}")
         resources[uri] = Resource(
             uri=uri,
             title=str(res.get("title", uri)),
@@ -209,6 +221,7 @@ def load_catalog(raw: Mapping[str, Any]) -> Catalog:
             default_actions=defaults,
             delegation=_load_delegation(res.get("delegation"), where),
             labels=tuple(str(label) for label in labels),
+            class_floors=dict(floors),
         )
     purposes: dict[str, Purpose] = {}
     for i, pur in enumerate(raw.get("purposes", [])):

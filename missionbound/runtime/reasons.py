@@ -33,7 +33,11 @@ PRECEDENCE: tuple[Reason, ...] = (
     Reason.ACTOR_INVALID,
     Reason.UNSUPPORTED_AUTHORIZATION_TYPE,
     Reason.OUT_OF_AUTHORITY,
-    Reason.PARAMETER_VIOLATION,  # parameter_digest missing or not the parameters' digest
+    # parameter_digest missing, malformed or not the parameters' digest. The constraints of
+    # the granting entries come next, as one check: if no entry passes, the reason is
+    # constraint_unsupported when any entry failed on a key the PDP cannot evaluate, else
+    # parameter_violation (runtime-digest 1.10 step 12; docs/runtime.md).
+    Reason.PARAMETER_VIOLATION,
     Reason.CONSTRAINT_UNSUPPORTED,
     Reason.RESOURCE_POLICY,
     Reason.DUPLICATE_SUPPRESSED,

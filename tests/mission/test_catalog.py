@@ -42,6 +42,10 @@ def broken(mutate: Any) -> dict[str, Any]:
             {"ceiling": {"max_value": {"amount": 1, "currency": "USD"}}}), "decimal string"),
         (lambda c: c["resources"][0].update({"delegation": {"max_depth": 0}}), "max_depth"),
         (lambda c: c["purposes"][0].update({"class_raises": {"x": "big"}}), "unknown class"),
+        (lambda c: c["resources"][0].update({"class_floors": {"invoices.*": "huge"}}),
+         "class_floors['invoices.*'] is not one of"),
+        (lambda c: c["resources"][0].update({"class_floors": ["irreversible"]}),
+         "class_floors must map actions to classes"),
     ],
 )
 def test_load_refuses_bad_catalogs(mutate: Any, fragment: str) -> None:
@@ -70,3 +74,10 @@ def test_demo_catalog_loads(demo_catalog: Catalog) -> None:
     assert mcp.actions["execute_wire_transfer"].action_class is ActionClass.IRREVERSIBLE
     assert mcp.actions["execute_wire_transfer"].constraint_bindings["vendors"] == "vendor"
     assert mcp.actions["send_remittance_email"].action_class is ActionClass.EXTERNAL_COMMITMENT
+
+
+def test_class_floors_are_loaded_per_resource() -> None:
+    raw = broken(lambda c: c["resources"][0].update(
+        {"class_floors": {"invoices.*": "irreversible"}}))
+    catalog = load_catalog(raw)
+    assert catalog.resources[ERP].class_floors == {"invoices.*": "irreversible"}

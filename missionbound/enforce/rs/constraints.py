@@ -24,11 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Final
 
 from missionbound.enforce.rs.request import MISSING, Extractor, RequestFacts
-from missionbound.mission.constraints import COUNTRY, CURRENCY, DECIMAL, ConstraintRegistry
+from missionbound.mission.constraint_checks import (
+    amount_problem,
+    country_problem,
+    currency_problem,
+    kind_of,
+    labels_outside,
+    money_excess,
+    shown,
+)
+from missionbound.mission.constraints import ConstraintRegistry
 
 CONSTRAINT_EXCEEDED: Final = "constraint_exceeded"
 """The request is outside the bound (403 ``insufficient_scope``)."""
@@ -45,7 +53,6 @@ REASONS: Final = frozenset(
 # the same kind as data_classification (a set of labels), so that kind checks their bounds too.
 _COMMON: Final = ConstraintRegistry(frozenset())
 _LABEL_SET: Final = _COMMON.kinds["data_classification"]
-_SHOWN_LENGTH: Final = 64
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,7 @@ def _check_key(key: str, bound: Any, bindings: Mapping[str, Extractor], facts: R
         # when the route says which parameter it binds to.
         return ConstraintRefusal(
             CONSTRAINT_UNKNOWN, key,
-            f"the Mission bounds this action by a constraint {_shown(key)} that this resource "
+            f"the Mission bounds this action by a constraint {shown(key)} that this resource "
             "does not know; refused (fail closed)")
     return _check_allow_list(key, bound, binding, facts)
 
@@ -132,37 +139,22 @@ def _check_max_value(bound: Any, binding: Extractor | None,
     if value is MISSING:
         return _invalid(key, f"the request does not carry {where}, which max_value {cap} bounds")
     if not isinstance(value, Mapping):
-        return _invalid(key, f"{where} must be an amount and a currency, not {_kind(value)}")
+        return _invalid(key, f"{where} must be an amount and a currency, not {kind_of(value)}")
     amount, currency = value.get("amount", MISSING), value.get("currency", MISSING)
     problem = _amount_problem(amount) or _currency_problem(currency)
     if problem is not None:
         return _invalid(key, f"{where}: {problem}")
-    if currency != bound["currency"]:
-        return _exceeded(key, f"amount {_shown(amount)} {currency} is not in the currency of the "
-                         f"Mission's max_value {cap} for this action (no currency conversion)")
-    if Decimal(amount) > Decimal(bound["amount"]):
-        return _exceeded(key, f"amount {_shown(amount)} {currency} exceeds the Mission's "
-                         f"max_value {cap} for this action")
-    return None
+    excess = money_excess(bound, amount, currency,
+                          bound_words=f"the Mission's max_value {cap} for this action")
+    return None if excess is None else _exceeded(key, excess)
 
 
 def _amount_problem(amount: Any) -> str | None:
-    if amount is MISSING:
-        return "the amount is missing"
-    if not isinstance(amount, str):
-        return (f"the amount must be a decimal string such as 500.00, not {_kind(amount)} "
-                "(decimals travel as strings)")
-    if not DECIMAL.fullmatch(amount):
-        return f"the amount {_shown(amount)} is not a decimal string such as 500.00"
-    return None
+    return "the amount is missing" if amount is MISSING else amount_problem(amount)
 
 
 def _currency_problem(currency: Any) -> str | None:
-    if currency is MISSING:
-        return "the currency is missing"
-    if not isinstance(currency, str) or not CURRENCY.fullmatch(currency):
-        return "the currency must be an ISO 4217 code such as USD"
-    return None
+    return "the currency is missing" if currency is MISSING else currency_problem(currency)
 
 
 # ---------------------------------------------------------------- sets
@@ -178,10 +170,10 @@ def _check_allow_list(key: str, bound: Any, binding: Extractor,
         return _invalid(key, f"the request does not carry {where}, which the Mission's {key} "
                         "allow-list bounds")
     if not isinstance(value, str):
-        return _invalid(key, f"{where} must be a string, not {_kind(value)}, for the Mission's "
+        return _invalid(key, f"{where} must be a string, not {kind_of(value)}, for the Mission's "
                         f"{key} allow-list")
     if value not in bound:
-        return _exceeded(key, f"{_shown(value)} ({where}) is not in the Mission's {key} "
+        return _exceeded(key, f"{shown(value)} ({where}) is not in the Mission's {key} "
                          "allow-list for this action")
     return None
 
@@ -199,7 +191,7 @@ def _check_geo(bound: Any, binding: Extractor | None,
     if value is MISSING:
         return _invalid(key, f"the request does not carry {where}, which the Mission's geo "
                         "bounds")
-    if not isinstance(value, str) or not COUNTRY.fullmatch(value):
+    if country_problem(value) is not None:
         return _invalid(key, f"{where} must be an ISO 3166 alpha-2 country code such as US")
     if value not in bound:
         return _exceeded(key, f"country {value} ({where}) is outside the Mission's geo for "
@@ -215,7 +207,7 @@ def _check_classification(bound: Any, labels: Sequence[str]) -> ConstraintRefusa
     if not labels:
         return _unevaluable(key, "this resource declares no data classification labels, so "
                             "the Mission's data_classification cannot be checked here")
-    outside = [label for label in dict.fromkeys(labels) if label not in bound]
+    outside = labels_outside(bound, labels)
     if outside:
         return _exceeded(key, f"this resource is labelled {', '.join(outside)}, outside the "
                          "Mission's data_classification for this action")
@@ -236,23 +228,3 @@ def _unevaluable(key: str, description: str) -> ConstraintRefusal:
 def _invalid(key: str, description: str) -> ConstraintRefusal:
     return ConstraintRefusal(PARAMETER_INVALID, key, description)
 
-
-def _shown(text: str) -> str:
-    # Request values and keys are quoted back, but a description stays short.
-    return text if len(text) <= _SHOWN_LENGTH else text[:_SHOWN_LENGTH] + "..."
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return f"a {type(value).__name__}"
