@@ -21,7 +21,9 @@ Checked, in order, stopping at the first failure:
    (``subject_sub``, ``client_id``, ``created_at``, ``mission_expiry``, ``activated_at``,
    ``approval_event_id``) equal to the record's members; and its ``mission_expiry`` no later
    than the one its intent asked for (the intent is anchored, the AS only ever shortens);
-4. every ``mission.created`` record names a stored Mission (no Mission row was deleted).
+4. every ``mission.created`` record names a stored Mission (no Mission row was deleted);
+5. every runtime evidence chain: signatures, links, stored columns and chain heads
+   (:mod:`missionbound.audit.evidence_checks`).
 
 Content the verifier cannot read (a record that is not JSON, an anchor that is not a string,
 a time that does not parse) is itself a break, named like the others, never a traceback.
@@ -30,7 +32,7 @@ Errors of the database itself (:class:`~sqlalchemy.exc.SQLAlchemyError`) are rai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,7 @@ from sqlalchemy import Engine, Text, and_, cast, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from missionbound.audit.evidence_checks import EvidenceChecker
 from missionbound.audit.log import ANCHOR_NAMES, CHAIN_HEAD_ID, compute_record_hash
 from missionbound.audit.mission_checks import (
     Break,
@@ -53,6 +56,7 @@ from missionbound.audit.mission_checks import (
     record_of,
 )
 from missionbound.mission.anchors import find_anchor_mismatch
+from missionbound.protocol.jwks import KeySource
 from missionbound.store.engine import is_postgresql, read_only_engine
 from missionbound.store.models import AuditChainHead, AuditRecord, Mission, MissionHistory
 
@@ -93,6 +97,7 @@ class VerifyReport:
     records_checked: int
     missions_checked: int
     first_break: str | None
+    evidence_checked: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,12 +113,14 @@ class _Unreadable:
         return str(self.key)
 
 
-def verify(source: Engine | Session) -> VerifyReport:
-    """Verify the whole log and every Mission. An :class:`Engine` is read in one snapshot
-    (REPEATABLE READ on PostgreSQL, one read transaction on SQLite); a :class:`Session` is
-    read in whatever transaction the caller holds."""
+def verify(source: Engine | Session, *,
+           evidence_jwks: Mapping[str, Any] | KeySource | None = None) -> VerifyReport:
+    """Verify the whole log, every Mission and every evidence chain. An :class:`Engine` is
+    read in one snapshot (REPEATABLE READ on PostgreSQL, one read transaction on SQLite); a
+    :class:`Session` is read in whatever transaction the caller holds. Evidence signatures
+    are checked with ``evidence_jwks`` when given, else with every key the database holds."""
     with _reading_session(source) as session:
-        return _Verifier(session).run()
+        return _Verifier(session, evidence_jwks).run()
 
 
 @contextmanager
@@ -131,21 +138,35 @@ def _reading_session(source: Engine | Session) -> Iterator[Session]:
 
 
 class _Verifier:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session,
+                 evidence_jwks: Mapping[str, Any] | KeySource | None = None) -> None:
         self.session = session
+        self.evidence_jwks = evidence_jwks
         self.records_checked = 0
         self.missions_checked = 0
+        self.evidence_checked = 0
         self.chains: dict[str, MissionChain] = {}
 
     def run(self) -> VerifyReport:
         try:
             self._check_log()
             self._check_missions()
+            self._check_evidence()
         except Break as failure:
             return VerifyReport(
-                False, self.records_checked, self.missions_checked, failure.description
+                False, self.records_checked, self.missions_checked, failure.description,
+                self.evidence_checked,
             )
-        return VerifyReport(True, self.records_checked, self.missions_checked, None)
+        return VerifyReport(
+            True, self.records_checked, self.missions_checked, None, self.evidence_checked
+        )
+
+    def _check_evidence(self) -> None:
+        checker = EvidenceChecker(self.session, self.evidence_jwks)
+        try:
+            checker.run()
+        finally:
+            self.evidence_checked = checker.checked
 
     # -- 1 and 2: the chains -------------------------------------------------------------
 

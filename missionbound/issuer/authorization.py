@@ -2,9 +2,10 @@
 
 ``/authorize`` accepts only a pushed ``request_uri``; the Approver signs in, reads the
 consent page rendered from the consent disclosure object, and approves or rejects. On
-approve, one transaction computes the anchors, moves the Mission ``pending_approval ->
-active`` (history, audit, outbox), spends the ``request_uri`` and issues the code. The
-response carries ``iss`` (RFC 9207).
+approve, one transaction computes the anchors, compiles the policy artifact (PROFILE.md
+section 12: its digest becomes the Mission's ``policy_version``), moves the Mission
+``pending_approval -> active`` (history, audit, outbox), stores the artifact, spends the
+``request_uri`` and issues the code. The response carries ``iss`` (RFC 9207).
 
 The consent page is rebuilt on submission rather than stored: the form carries the
 disclosure's id and rendering instant under a MAC, and the same inputs give the same
@@ -36,6 +37,8 @@ from missionbound.mission.errors import ConcurrentModification, InvalidState, Mi
 from missionbound.mission.intent import validate_intent
 from missionbound.mission.lifecycle import Event, Role
 from missionbound.mission.record import MissionRecord, Principal, format_instant
+from missionbound.runtime.approval import approve_with_policy
+from missionbound.runtime.compiler import PolicyCompileError
 from missionbound.store import missions
 from missionbound.store.codes import save_authorization_code
 from missionbound.store.lifecycle import transition
@@ -325,12 +328,20 @@ def decide(
         authority_hash=sources["authority_hash"],
     )
     try:
-        missions.approve(
-            session, mission.mission_id, approver=approver_principal, subject=subject,
-            approval_event_id=disclosure_id, anchors=anchors, consent_disclosure=disclosure,
-            authority_set=mission.authority_set, policy_version=mission.policy_version,
-            now=now, policy=issuer.lifecycle_policy,
+        approve_with_policy(
+            session, mission, issuer.tenant.catalog, approver=approver_principal,
+            subject=subject, approval_event_id=disclosure_id, anchors=anchors,
+            consent_disclosure=disclosure, now=now,
+            resource_policies=issuer.settings.pdp_resource_policies,
+            lifecycle_policy=issuer.lifecycle_policy,
         )
+    except PolicyCompileError as refused:
+        # Fail closed: a Mission that does not compile is not approved, nothing written.
+        raise ApprovalFailed(authorization_response(
+            redirect_uri, {"error": "server_error", "state": _state(pending),
+                           "error_description": "the Mission could not be compiled into "
+                           "its policy artifact"},
+            issuer.issuer)) from refused
     except (InvalidState, ConcurrentModification) as refused:
         # The Mission left pending_approval while the page was open (its consent window
         # lapsed, say): the client, whose redirect URI the pushed request vouches for,

@@ -349,13 +349,16 @@ def may_see(token: FoundToken, caller: OAuthClient) -> bool:
 
 
 def mission_member(mission: MissionRecord, state: State) -> dict[str, Any]:
-    """PROFILE.md section 10: ``{id, origin, authority_hash, state, version}``."""
+    """PROFILE.md section 10: ``{id, origin, authority_hash, state, version}``, plus
+    ``policy_version`` (the compiled policy artifact's digest, section 12), as Mission Status
+    shows it: a PEP can tell which approved policy its PDP must evaluate."""
     return {
         "id": mission.mission_id,
         "origin": mission.origin,
         "authority_hash": mission.authority_hash,
         "state": state.value,
         "version": mission.version,
+        "policy_version": mission.policy_version,
     }
 
 

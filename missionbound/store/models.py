@@ -363,3 +363,112 @@ class SignalDelivery(Base):
     delivered_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(String(1024))
+
+
+# -- Level 4 runtime (PROFILE.md section 12): migration 0004 ----------------------------------
+# The PDP's operational tables carry no foreign key to ``missions``: on PostgreSQL inserting a
+# referencing row takes a key-share lock on the Mission row, so every permit would queue behind
+# any lifecycle transaction holding it (FOR UPDATE); the PDP reads the state separately anyway.
+
+
+class PolicyArtifact(Base):
+    """The policy artifact compiled at approval (PROFILE.md section 12, "Policy artifact"):
+    the PDP evaluates what was approved, even after the catalog changed. Written in the
+    approval transaction, which already holds the Mission row."""
+
+    __tablename__ = "policy_artifacts"
+
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, _mission_fk(), primary_key=True)
+    policy_version: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    artifact: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class MeterCounter(Base):
+    """One consumption bound of one Mission entry (runtime-digest 7.3, ``counter_scope``
+    mission): ``used`` counts what is reserved or committed, exact decimal text (calls and
+    seconds are integers, money a decimal string in ``currency``)."""
+
+    __tablename__ = "meter_counters"
+
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, primary_key=True)
+    entry_digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    bound: Mapped[str] = mapped_column(String(32), primary_key=True)
+    limit_value: Mapped[str] = mapped_column(String(64))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    used: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime]
+
+
+class MeterReservation(Base):
+    """What one permit (``evaluation_id``) reserved on one counter, and how it settled
+    (runtime-digest 7.4): ``reserved`` until execution evidence commits or releases it."""
+
+    __tablename__ = "meter_reservations"
+
+    evaluation_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    entry_digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    bound: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, index=True)
+    amount: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    lease_until: Mapped[datetime]
+    settled_at: Mapped[datetime | None]
+
+
+class IdempotencyClaim(Base):
+    """An idempotency key claimed for one operation (runtime-digest 4.6): the key's scope
+    (Mission, subject, actor, audience, action, resource) as a digest, the operation it names
+    and the permit issued for it, kept as a tombstone until ``expires_at``."""
+
+    __tablename__ = "idempotency_claims"
+
+    mission_id: Mapped[str] = mapped_column(MISSION_ID, primary_key=True)
+    scope_digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    operation_digest: Mapped[str] = mapped_column(DIGEST)
+    evaluation_id: Mapped[str] = mapped_column(ID)
+    permit: Mapped[str] = mapped_column(String())
+    valid_until: Mapped[datetime]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+# -- Runtime evidence (runtime-digest sections 5.1-5.5): migration 0005 -------------------------
+EVIDENCE_CHAIN = String(300)  # a mission_id, or "emitter:" + an emitter id (at most 255)
+
+
+class EvidenceRecord(Base):
+    """One signed evidence record (Decision Evidence, Refusal Record or Execution Evidence),
+    stored whole with its ``evidence_envelope`` (runtime-digest 5.4). Records of one chain
+    (a Mission, or the records of one emitter that name no Mission) carry ``sequence``
+    1, 2, ... and ``prev_hash``, the ``record_hash`` of the one before (section 5.5).
+    No foreign key to ``missions``, for the reason given above for the runtime tables."""
+
+    __tablename__ = "evidence_records"
+    __table_args__ = (UniqueConstraint("chain_id", "sequence"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    chain_id: Mapped[str] = mapped_column(EVIDENCE_CHAIN)
+    sequence: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    record_id: Mapped[str] = mapped_column(String(64), unique=True)
+    mission_id: Mapped[str | None] = mapped_column(MISSION_ID)
+    evaluation_id: Mapped[str | None] = mapped_column(ID, index=True)
+    recorded_at: Mapped[datetime]
+    record: Mapped[dict[str, Any]]
+    record_hash: Mapped[str] = mapped_column(DIGEST)
+    prev_hash: Mapped[str | None] = mapped_column(DIGEST)
+
+
+class EvidenceChainHead(Base):
+    """The last record of each evidence chain, locked by every append (it serializes one
+    chain, never two) and compared by the verifier, so a record cut from a chain's end is
+    noticed like one cut from its middle."""
+
+    __tablename__ = "evidence_chain_heads"
+
+    chain_id: Mapped[str] = mapped_column(EVIDENCE_CHAIN, primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(DIGEST)

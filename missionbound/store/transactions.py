@@ -13,7 +13,8 @@ actions are idempotent and re-check everything under their own locks.
 
 Lock order (every writer follows it, so PostgreSQL never has to break a deadlock):
 a refresh token family row -> token rows (codes, refresh tokens) -> the Mission row -> the
-derivation counter -> the audit chain head. The audit chain head is taken by
+derivation counter -> meter counters (in key order) -> evidence chain heads (in ``chain_id``
+order) -> the audit chain head. The audit chain head is taken by
 ``missionbound.audit.append`` and held to commit, so append audit records after every other
 lock of the transaction. On PostgreSQL, inserting a row that references a Mission (code,
 refresh token, issued token id) takes a key share lock on the Mission row, which waits for a

@@ -38,6 +38,7 @@ from missionbound.mission.errors import InvalidRequest, InvalidState, MissionErr
 from missionbound.mission.lifecycle import TERMINAL_STATES, State
 from missionbound.mission.record import MISSION_ID, MissionRecord
 from missionbound.store import missions
+from missionbound.store.evidence import evidence_beside_audit_page
 from missionbound.store.lifecycle import MAX_REASON_LENGTH
 from missionbound.store.mission_queries import (
     MAX_FILTER_LENGTH,
@@ -51,8 +52,8 @@ from missionbound.web.approval import Form
 from missionbound.web.console_views import (
     OPERATION_BY_NAME,
     STATE_WORDS,
-    describe,
     instant_text,
+    merge_timeline,
     offered_operations,
     state_badge,
 )
@@ -217,8 +218,8 @@ def console_list(request: Request, issuer: Issuer) -> Response:
 # --------------------------------------------------------------------------- one Mission
 
 
-def _load_visible(issuer: MissionIssuer, viewer: User, mission_id: str, after: int
-                  ) -> dict[str, Any]:
+def _load_visible(issuer: MissionIssuer, viewer: User, mission_id: str, after: int,
+                  evidence_after: int = 0) -> dict[str, Any]:
     """Everything the Mission page shows, read in one transaction; :class:`_Hidden` when
     the Mission does not exist or is not the viewer's to see."""
     if not MISSION_ID.fullmatch(mission_id):
@@ -228,12 +229,17 @@ def _load_visible(issuer: MissionIssuer, viewer: User, mission_id: str, after: i
         if record is None or not user_may_see(viewer, record):
             raise _Hidden
         _check_disclosure(record.consent_disclosure)
+        audit = mission_audit_records(db, mission_id, after_seq=after, limit=TIMELINE_PAGE)
         return {
             "record": record,
             "derivations": missions.derivation_count(db, mission_id),
             "tokens": tokens_issued(db, mission_id),
-            "audit": mission_audit_records(db, mission_id, after_seq=after,
-                                           limit=TIMELINE_PAGE),
+            "audit": audit,
+            # The runtime evidence recorded in the period this page of audit records covers.
+            "evidence": evidence_beside_audit_page(
+                db, mission_id, audit.records, audit_more=audit.more, first_page=after == 0,
+                after_sequence=evidence_after, limit=TIMELINE_PAGE),
+            "evidence_after": evidence_after,
         }
 
 
@@ -244,7 +250,8 @@ def _mission_context(issuer: MissionIssuer, viewer: User, loaded: Mapping[str, A
     badge = state_badge(record, now, issuer.lifecycle_policy)
     roles = roles_of_user(viewer, record)
     audit = loaded["audit"]
-    timeline = [describe(entry) for entry in audit.records]
+    evidence = loaded.get("evidence")
+    timeline = merge_timeline(audit.records, evidence.records if evidence else [])
     users = issuer.tenant.users
     client = issuer.tenant.clients.get(record.client_id)
 
@@ -285,8 +292,13 @@ def _mission_context(issuer: MissionIssuer, viewer: User, loaded: Mapping[str, A
         "earlier_url": (f"/console/missions/{record.mission_id}"
                         + (f"?after={earlier}" if earlier else "")) if earlier is not None
         else None,
-        "later_url": (f"/console/missions/{record.mission_id}?after={timeline[-1].mission_seq}"
-                      if audit.more and timeline else None),
+        "later_url": (
+            f"/console/missions/{record.mission_id}?after={audit.records[-1].mission_seq}"
+            if audit.more and audit.records else None),
+        "more_evidence_url": (
+            f"/console/missions/{record.mission_id}?after={after}"
+            f"&evidence_after={evidence.records[-1].sequence}"
+            if evidence and evidence.more and evidence.records else None),
     }
 
 
@@ -300,10 +312,10 @@ def _notice(request: Request) -> str | None:
     return f"The Mission is now {operation.done}. The change is in the timeline below."
 
 
-def _after(request: Request) -> int:
-    text = request.query_params.get("after", "").strip() or "0"
+def _after(request: Request, name: str = "after") -> int:
+    text = request.query_params.get(name, "").strip() or "0"
     if not _DIGITS.fullmatch(text):
-        raise InvalidRequest("after must be a whole number (a timeline position)")
+        raise InvalidRequest(f"{name} must be a whole number (a timeline position)")
     return int(text)
 
 
@@ -315,11 +327,12 @@ def console_mission(mission_id: str, request: Request, issuer: Issuer) -> Respon
         return _to_sign_in(request)
     try:
         after = _after(request)
+        evidence_after = _after(request, "evidence_after")
     except InvalidRequest as error:
         return _error(issuer, session, viewer, status_code=400,
                       title="This page address cannot be used", description=error.description)
     try:
-        loaded = _load_visible(issuer, viewer, mission_id, after)
+        loaded = _load_visible(issuer, viewer, mission_id, after, evidence_after)
     except _Hidden:
         return _not_found(issuer, session, viewer)
     except MissionError as error:

@@ -9,7 +9,7 @@ descriptions, actor names) is passed on as text and escaped by the templates.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -136,6 +136,10 @@ class TimelineEntry:
     reason: str | None
     data_json: str
     policy_version: str | None = None
+    # Set on runtime evidence entries only (decision, refusal, execution).
+    evidence_sequence: int | None = None
+    evaluation_id: str | None = None
+    result: str | None = None  # permit / deny / completed / failed / suppressed
 
 
 _TRANSITION_TITLES: Mapping[str, str] = {
@@ -298,3 +302,82 @@ def describe(record: Any) -> TimelineEntry:
         data_json=json.dumps(data, ensure_ascii=False, sort_keys=True, indent=2),
         policy_version=record.policy_version,
     )
+
+
+# --------------------------------------------------------------------------- evidence
+
+_EMITTER_WORDS: Mapping[str, str] = {"pdp": "the PDP", "pep": "enforcement point",
+                                     "executor": "executor"}
+_OUTCOME_TITLES: Mapping[str, str] = {"completed": "Executed", "failed": "Execution failed",
+                                      "suppressed": "Execution suppressed"}
+
+
+def describe_evidence(row: Any) -> TimelineEntry:
+    """One runtime evidence record (``missionbound.store.models.EvidenceRecord``) as a
+    timeline entry: what was asked or done, the result and its reason, the evaluation it
+    belongs to and its place in the Mission's evidence chain (runtime-digest 5.1-5.3)."""
+    record: Mapping[str, Any] = row.record if isinstance(row.record, Mapping) else {}
+    kind: str = row.kind
+    action = record.get("action")
+    name = _words(action.get("name")) if isinstance(action, Mapping) else "an action"
+    details: list[str] = []
+    if kind == "decision":
+        result = _words(record.get("decision", "?"))
+        title = f"{'Permitted' if result == 'permit' else 'Denied'}: {name}"
+        reason = record.get("denial_reason")
+        details.append(f"class {_words(record.get('action_class'))}")
+    elif kind == "refusal":
+        result = "deny"
+        title = f"Refused before a decision: {name}"
+        reason = record.get("denial_reason")
+    else:
+        result = _words(record.get("outcome", "?"))
+        title = f"{_OUTCOME_TITLES.get(result, 'Execution ' + result)}: {name}"
+        reason = record.get("error")
+        if record.get("unauthorized_execution") is True:
+            details.append("UNAUTHORISED: the arguments differ from the permitted ones")
+    if record.get("audience") is not None:
+        details.append(f"at {_words(record['audience'])}")
+    emitter = record.get("emitter")
+    actor = "not recorded"
+    if isinstance(emitter, Mapping):
+        role = _words(emitter.get("role", ""))
+        actor = f"{_EMITTER_WORDS.get(role, role)} {_words(emitter.get('id', ''))}"
+    members = record.get("actor")
+    if isinstance(members, Mapping):
+        # Who asked: the client, and the delegation chain root -> leaf (section 5.6).
+        chain = members.get("act")
+        hops = ([_words(hop.get("sub")) for hop in chain if isinstance(hop, Mapping)]
+                if isinstance(chain, list) else [])
+        asked = f"client {_words(members['client_id'])}" if members.get("client_id") else ""
+        if hops:
+            asked += (", " if asked else "") + "delegation " + " → ".join(hops)
+        if asked:
+            details.append(f"asked by {asked}")
+    content = {key: value for key, value in record.items() if key != "evidence_envelope"}
+    return TimelineEntry(
+        mission_seq=0,
+        seq=0,
+        at=format_instant(row.recorded_at),
+        at_text=instant_text(row.recorded_at),
+        event=f"evidence.{kind}",
+        kind=kind,
+        title=title,
+        details=details,
+        actor=actor,
+        actor_chain=[],
+        reason=reason if isinstance(reason, str) else None,
+        data_json=json.dumps(content, ensure_ascii=False, sort_keys=True, indent=2),
+        evidence_sequence=row.sequence,
+        evaluation_id=row.evaluation_id,
+        result=result,
+    )
+
+
+def merge_timeline(audit_records: Iterable[Any], evidence: Iterable[Any]) -> list[TimelineEntry]:
+    """Audit records and evidence records in one list, by time; at the same instant the
+    audit record first (a lifecycle change precedes what is decided under it)."""
+    keyed = [((record.at, 0, record.mission_seq), describe(record)) for record in audit_records]
+    keyed += [((row.recorded_at, 1, row.sequence), describe_evidence(row)) for row in evidence]
+    keyed.sort(key=lambda pair: pair[0])
+    return [entry for _, entry in keyed]

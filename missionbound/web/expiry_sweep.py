@@ -27,6 +27,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from missionbound.mission.lifecycle import LifecyclePolicy
+from missionbound.runtime import idempotency
 from missionbound.store import lifecycle_requests, single_use
 from missionbound.store.lifecycle import due_for_expiry, expire_if_due
 from missionbound.store.models import Mission
@@ -59,14 +60,17 @@ def sweep_once(store: Store, now: datetime, policy: LifecyclePolicy) -> int:
 
 
 def purge_once(store: Store, now: datetime) -> int:
-    """Forget single-use values (DPoP proof ``jti``, client assertion ``jti``) and lifecycle
-    request nonces past the end of their window: after it they would be refused as too old
-    (or treated as new) anyway, so the tables stay as large as one window of traffic
-    instead of growing forever. Returns how many rows went."""
+    """Forget single-use values (DPoP proof ``jti``, client assertion ``jti``, permit
+    ``jti``), lifecycle request nonces and idempotency claims past the end of their window:
+    after it they would be refused as too old (or treated as new) anyway, so the tables stay
+    as large as one window of traffic instead of growing forever. Returns how many rows
+    went."""
     require_aware(now, "now")
     with store.begin() as session:
-        return single_use.purge_expired(session, now) + lifecycle_requests.purge_expired(
-            session, now, limit=10_000
+        return (
+            single_use.purge_expired(session, now)
+            + lifecycle_requests.purge_expired(session, now, limit=10_000)
+            + idempotency.purge_expired(session, now)
         )
 
 

@@ -85,7 +85,8 @@ def test_an_audience_sees_the_mission_projection(flow: Flow) -> None:
         "token_type": "Bearer",
         "authorization_details": claims["authorization_details"],
         "mission": {"id": grant.mission_id, "origin": ISSUER,
-                    "authority_hash": mission.authority_hash, "state": "active",
+                    "authority_hash": mission.authority_hash,
+                    "policy_version": mission.policy_version, "state": "active",
                     "version": mission.version},
     }
     assert snapshot(flow.engine) == before
@@ -262,7 +263,8 @@ def test_a_valid_token_of_a_dead_mission_says_why_to_an_audience_only(
     change_mission(flow, grant.mission_id, event)
     before = snapshot(flow.engine)
     member = {"id": grant.mission_id, "origin": ISSUER,
-              "authority_hash": mission.authority_hash, "state": state,
+              "authority_hash": mission.authority_hash,
+              "policy_version": mission.policy_version, "state": state,
               "version": mission.version + 1}
     assert introspected(flow, grant.access_token) == {"active": False, "mission": member}
     assert introspected(flow, grant.refresh_token, auth=AGENT) == {
