@@ -74,8 +74,38 @@ def rs_suite() -> list[Bench]:
     return rs_benches()
 
 
+def runtime_suite() -> list[Bench]:
+    # The PDP's pure decision next to raw Cedar on the same artifact (docs/runtime.md).
+    from runtime_suites import runtime_benches
+
+    return runtime_benches()
+
+
+def evidence_suite() -> list[Bench]:
+    # What a runtime evidence record costs: signing and writing (docs/evidence.md).
+    from evidence_suites import evidence_benches
+
+    return evidence_benches()
+
+
+def authzen_suite() -> list[Bench]:
+    # AuthZEN evaluations over real HTTP on a resource-policy tenant (docs/authzen.md).
+    from authzen_suites import authzen_benches
+
+    return authzen_benches()
+
+
+def pdp_suite() -> list[Bench]:
+    # The Mission PDP: in-process evaluate and AuthZEN HTTP evaluations (docs/runtime.md).
+    from pdp_suites import pdp_benches
+
+    return pdp_benches()
+
+
 ALL_SUITES = {**SUITES, "issuance": issuance_suite, "replicas": replica_suite,
-              "cross-domain": cross_domain_suite, "rs": rs_suite}
+              "cross-domain": cross_domain_suite, "rs": rs_suite,
+              "runtime": runtime_suite, "evidence": evidence_suite, "authzen": authzen_suite,
+              "pdp": pdp_suite}
 
 
 def main() -> int:

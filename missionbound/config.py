@@ -220,6 +220,17 @@ class Settings(BaseSettings):
         default="",
         description="The trust domain named in Transaction Tokens' aud. Empty: the issuer.",
     )
+    pdp_tenants: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Resource-policy tenants of the PDP: tenant name -> folder with *.cedar "
+        "policies, entities.json and optionally schema.cedarschema, served at "
+        "/pdp/<name>/access/v1/... (docs/authzen.md). Loaded and validated at start.",
+    )
+    pdp_resource_policies: dict[str, str] = Field(
+        default_factory=dict,
+        description="Resource URI -> name of the pdp_tenants tenant whose policies must also "
+        "permit every Mission decision for that resource (fail closed when it is missing).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -310,6 +321,10 @@ class Settings(BaseSettings):
                              "(docs/resource-as.md)")
         if self.role == "issuer" and self.trusted_origins:
             raise ValueError("trusted_origins is a resource_as setting (role = 'resource_as')")
+        for resource, tenant in self.pdp_resource_policies.items():
+            if tenant not in self.pdp_tenants:
+                raise ValueError(f"pdp_resource_policies: {resource!r} names the tenant "
+                                 f"{tenant!r}, which is not in pdp_tenants")
         return self
 
     def resource_authority(self, issuer: str) -> ResourceAuthority | None:
@@ -409,6 +424,12 @@ def read_config_settings(path: Path, known: set[str]) -> dict[str, Any]:
     for key in _PATH_SETTINGS:
         if isinstance(values.get(key), str):
             values[key] = str(path.parent / Path(values[key]).expanduser())
+    tenants = values.get("pdp_tenants")
+    if isinstance(tenants, dict):
+        # Tenant folders, like the other paths, are relative to the configuration file.
+        values["pdp_tenants"] = {
+            name: str(path.parent / Path(folder).expanduser()) if isinstance(folder, str)
+            else folder for name, folder in tenants.items()}
     return values
 
 

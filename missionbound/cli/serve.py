@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -13,10 +14,12 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from missionbound.cli.common import (
+    EXIT_USAGE,
     ConfigOption,
     DatabaseUrlOption,
     database_error,
     engine_from,
+    fail,
     log,
     settings_from,
     stdout,
@@ -43,6 +46,17 @@ def serve(
         str | None,
         typer.Option(help="Issuer URL (default http://<host>:<port>; also MISSIONBOUND_ISSUER)."),
     ] = None,
+    pdp_tenant: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pdp-tenant",
+            metavar="NAME=DIR",
+            help="Serve a resource-policy tenant (a folder of *.cedar policies, entities.json "
+            "and optionally schema.cedarschema) at /pdp/NAME/access/v1/...; repeatable; adds "
+            "to (and overrides by name) the pdp_tenants setting. See docs/authzen.md.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the server: apply migrations, then serve HTTP until interrupted.
 
@@ -51,12 +65,22 @@ def serve(
     # Imported here: the other commands need neither uvicorn nor the web stack.
     import uvicorn
 
+    from missionbound.runtime.tenants import TenantError, load_tenants
     from missionbound.web.app import create_app
     from missionbound.web.logs import configure_logging
 
-    settings = settings_from(
-        config_file=config, host=host, port=port, database_url=database_url, issuer=issuer
-    )
+    flags = {"config_file": config, "host": host, "port": port, "database_url": database_url,
+             "issuer": issuer}
+    settings = settings_from(**flags)
+    if pdp_tenant:
+        settings = settings_from(**flags, pdp_tenants={
+            **settings.pdp_tenants, **parse_pdp_tenants(pdp_tenant)})
+    try:
+        # Parsed and validated before anything else starts: a tenant that cannot be served
+        # is a configuration error, said plainly (the app loads them again in create_app).
+        load_tenants(settings.pdp_tenants)
+    except TenantError as exc:
+        fail(str(exc), EXIT_USAGE)
     configure_logging(settings.log_level)
     tenant = tenant_from(settings)
     engine = engine_from(settings)
@@ -99,6 +123,23 @@ def serve(
         )
     finally:
         engine.dispose()
+
+
+def parse_pdp_tenants(values: list[str]) -> dict[str, Path]:
+    """``--pdp-tenant NAME=DIR`` values as {name: folder}; a malformed or repeated one is a
+    usage error."""
+    tenants: dict[str, Path] = {}
+    for value in values:
+        name, separator, folder = value.partition("=")
+        name, folder = name.strip(), folder.strip()
+        if not separator or not name or not folder:
+            raise typer.BadParameter(f"{value!r}: expected NAME=DIR, e.g. "
+                                     "todo=examples/authzen-todo", param_hint="--pdp-tenant")
+        if name in tenants:
+            raise typer.BadParameter(f"tenant {name!r} is given twice",
+                                     param_hint="--pdp-tenant")
+        tenants[name] = Path(folder).expanduser()
+    return tenants
 
 
 def print_demo_banner(settings: Settings) -> None:

@@ -31,6 +31,10 @@ from missionbound.issuer.server import MissionIssuer
 from missionbound.issuer.signal_dispatcher import build_dispatcher
 from missionbound.issuer.trusted_origins import TrustedOrigins, attach_trusted_origins
 from missionbound.mission.lifecycle import LifecyclePolicy
+from missionbound.runtime.evidence import EvidenceLog
+from missionbound.runtime.execution import ExecutionIntake
+from missionbound.runtime.pdp import MissionPDP
+from missionbound.runtime.tenants import load_tenants
 from missionbound.store.change_feed import ChangeFeed
 from missionbound.store.engine import create_engine_for
 from missionbound.store.mission_cache import MissionStateCache
@@ -38,6 +42,7 @@ from missionbound.store.transactions import Store
 from missionbound.tenant import Tenant, demo_credentials, load_tenant
 from missionbound.web import (
     approval,
+    authzen,
     console,
     governance,
     health,
@@ -73,9 +78,9 @@ def create_app(
     passed in belongs to the caller). Migrations are the caller's job (``serve`` runs them).
     ``http_client`` is what the app calls other servers with: the trusted origins (resource_as
     role), or this AS itself for the demo ERP API (issuer role, demo tenant: its JWKS, Mission
-    Status and Shared Signals streams, at the issuer URL). By default one of the app's own,
-    with bounded timeouts, closed at shutdown; one passed in belongs to the caller (in-process
-    tests pass a client that reaches the app without a network).
+    Status, Shared Signals streams and Mission PDP, at the issuer URL). By default one of the
+    app's own, with bounded timeouts, closed at shutdown; one passed in belongs to the caller
+    (in-process tests pass a client that reaches the app without a network).
     """
     tenant = tenant if tenant is not None else load_tenant(settings)
     owns_engine = engine is None
@@ -134,6 +139,10 @@ def create_app(
     app.state.issuer.mission_cache = app.state.mission_cache
     dispatcher = app.state.signal_dispatcher
     app.state.change_feed.subscribe(lambda _mission, _version: dispatcher.wake())
+    # The PDP (PROFILE.md section 12, docs/authzen.md): resource-policy tenants parsed and
+    # validated now (a bad folder stops the start), and the Mission PDP over them.
+    app.state.pdp_tenants = load_tenants(settings.pdp_tenants)
+    app.state.mission_pdp, app.state.execution_intake = _build_mission_pdp(app, settings)
 
     _install_middleware(app, settings)
     app.include_router(health.router)
@@ -145,6 +154,7 @@ def create_app(
     app.include_router(governance.router)
     app.include_router(console.router)
     app.include_router(ssf.router)
+    authzen.install(app)
     app.state.demo_erp = None
     if erp_http is not None:
         _mount_demo_erp(app, settings, tenant, erp_http)
@@ -152,11 +162,25 @@ def create_app(
     return app
 
 
+def _build_mission_pdp(app: FastAPI, settings: Settings) -> tuple[MissionPDP, ExecutionIntake]:
+    """The Mission PDP (runtime/pdp.py) over this app's issuer, Mission state cache and
+    tenants, and the intake where executors report what they did with its permits
+    (runtime/execution.py), sharing one evidence log. (An app without them,
+    ``app.state.mission_pdp = None``, answers 503 on those routes: web/authzen.py.)"""
+    evidence = EvidenceLog(issuer_url=settings.issuer, signer=app.state.issuer.signer)
+    pdp = MissionPDP(issuer=app.state.issuer, mission_cache=app.state.mission_cache,
+                     evidence=evidence, tenants=app.state.pdp_tenants)
+    return pdp, ExecutionIntake(app.state.issuer.store, evidence)
+
+
 def _mount_demo_erp(app: FastAPI, settings: Settings, tenant: Tenant,
                     http_client: httpx.Client) -> None:
     """The demo ERP API at ``/demo/erp`` (DESIGN.md "The demo tenant"), and its RFC 9728
     Protected Resource Metadata at ``/.well-known/oauth-protected-resource/demo/erp``
-    (section 3.1: the well-known suffix goes at the host's root, outside the mounted app)."""
+    (section 3.1: the well-known suffix goes at the host's root, outside the mounted app).
+    It is an RS-D Resource Server: it asks this app's Mission PDP (``/access/v1/evaluation``)
+    about every call, over ``http_client`` with the ``demo-rs`` credential, like its JWKS and
+    Mission Status requests."""
     resource = settings.issuer + DEMO_ERP_PATH
     secret = next(credential.secret for credential in demo_credentials()
                   if credential.kind == "client" and credential.name == DEMO_RS_CLIENT_ID)

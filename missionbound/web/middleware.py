@@ -11,6 +11,7 @@ issuance and PDP budgets cannot afford).
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from typing import Any
@@ -22,6 +23,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = structlog.get_logger("missionbound.web")
 
 REQUEST_ID_HEADER = b"x-request-id"
+# A caller's X-Request-ID is kept (AuthZEN 1.0 section 12.1.3: the PDP echoes it) when it is
+# 1-128 visible ASCII characters; otherwise the server makes one.
+_CALLER_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The caller's ``X-Request-ID`` when it is sane, else a new one."""
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER:
+            if _CALLER_REQUEST_ID.fullmatch(value):
+                return bytes(value).decode("ascii")
+            break
+    return secrets.token_hex(8)
 
 
 class RequestLogMiddleware:
@@ -32,7 +46,7 @@ class RequestLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = secrets.token_hex(8)
+        request_id = request_id_of(scope)
         started = time.perf_counter()
         response: dict[str, Any] = {"status": 500, "started": False}
 
