@@ -1,4 +1,4 @@
-"""The Resource Server enforcement kit (PROFILE.md section 2, tiers RS-B and RS-C).
+"""The Resource Server enforcement kit (PROFILE.md section 2, tiers RS-B, RS-C and RS-D).
 
 Protect a Starlette or FastAPI API with a :class:`MissionGuard` for the resource, then either
 :class:`MissionMiddleware` with a table of :class:`Protect` routes, or the
@@ -16,6 +16,8 @@ Protect a Starlette or FastAPI API with a :class:`MissionGuard` for the resource
         ...
 """
 
+from missionbound.enforce.rs.context import MissionContext
+from missionbound.enforce.rs.credentials import TrustedIssuer
 from missionbound.enforce.rs.errors import (
     InsufficientScopeRefusal,
     InvalidDPoPProofRefusal,
@@ -33,11 +35,18 @@ from missionbound.enforce.rs.fastapi import (
     require_mission,
 )
 from missionbound.enforce.rs.guard import (
-    MissionContext,
     MissionGuard,
     Tier,
-    TrustedIssuer,
     protected_resource_metadata_url,
+)
+from missionbound.enforce.rs.pdp_client import (
+    PdpClient,
+    PdpDecision,
+    PdpDenied,
+    PdpUnavailable,
+    PermitSuppressed,
+    ReportFailed,
+    route_parameters,
 )
 from missionbound.enforce.rs.replay import MemoryReplayCache, ReplayCache
 from missionbound.enforce.rs.request import (
@@ -50,7 +59,12 @@ from missionbound.enforce.rs.request import (
     path_param,
     query_param,
 )
-from missionbound.enforce.rs.starlette import MissionMiddleware, Protect, mission_context
+from missionbound.enforce.rs.starlette import (
+    ExecutionReporting,
+    MissionMiddleware,
+    Protect,
+    mission_context,
+)
 from missionbound.enforce.rs.state import (
     DEFAULT_STALENESS_SECONDS,
     IntrospectionSource,
@@ -63,6 +77,7 @@ from missionbound.enforce.rs.state import (
 __all__ = [
     "DEFAULT_STALENESS_SECONDS",
     "MISSING",
+    "ExecutionReporting",
     "Extractor",
     "InsufficientScopeRefusal",
     "IntrospectionSource",
@@ -78,9 +93,15 @@ __all__ = [
     "MissionStatusSource",
     "NoCredentials",
     "ObservedState",
+    "PdpClient",
+    "PdpDecision",
+    "PdpDenied",
+    "PdpUnavailable",
+    "PermitSuppressed",
     "Protect",
     "RSRefusal",
     "ReplayCache",
+    "ReportFailed",
     "RequestFacts",
     "StateUnavailable",
     "Tier",
@@ -97,4 +118,5 @@ __all__ = [
     "protected_resource_metadata_url",
     "query_param",
     "require_mission",
+    "route_parameters",
 ]

@@ -5,8 +5,13 @@ a declared :class:`Protect` route (method and path template give its Mission act
 request parameters its constraints bind to) or a ``public`` path; anything else is
 authenticated and then refused (fail closed). It also answers the resource's RFC 9728
 metadata when the application is mounted at the host root. The route handler finds the
-verified :class:`~missionbound.enforce.rs.guard.MissionContext` with
+verified :class:`~missionbound.enforce.rs.context.MissionContext` with
 :func:`mission_context`; a refused request never reaches it.
+
+At RS-D a route that ran under a PDP permit is reported to the PDP
+(:meth:`MissionGuard.report_outcome`) when the application starts its response, before the
+response goes out: ``completed`` for a 2xx/3xx status, ``failed`` for a 4xx/5xx, or when
+the application raised or never answered (:func:`run_reporting`).
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from missionbound.enforce.rs.context import MissionContext
 from missionbound.enforce.rs.errors import RSRefusal
-from missionbound.enforce.rs.guard import MissionContext, MissionGuard, metadata_path
+from missionbound.enforce.rs.guard import MissionGuard, metadata_path
 from missionbound.enforce.rs.request import Extractor
 
 STATE_KEY = "mission"
+# request.scope key: the permits the request's route runs under, reported once it answered
+# (a list of (guard, context); FastAPI's require_mission appends to it, install() reads it).
+REPORTS_KEY = "missionbound.rs.executions"
 log = structlog.get_logger("missionbound.enforce.rs")
 
 
@@ -35,13 +44,18 @@ class Protect:
     """``method`` + ``path`` (a Starlette path template such as ``/invoices/{invoice_id}``,
     relative to where the application is mounted) perform ``action``; ``bind`` says which
     request parameter each constraint key of the Mission is checked against; ``labels``
-    overrides the resource's data-classification labels for this route."""
+    overrides the resource's data-classification labels for this route. At RS-D the PDP
+    decides a ``consequential`` route (every route unless marked ``consequential=False``)
+    over ``parameters``, the object the route acts on (default: the JSON body, path and
+    query parameters; docs/resource-servers.md "RS-D")."""
 
     method: str
     path: str
     action: str
     bind: Mapping[str, Extractor] = field(default_factory=dict)
     labels: Sequence[str] | None = None
+    consequential: bool = True
+    parameters: Extractor | None = None
 
 
 @dataclass(frozen=True)
@@ -85,14 +99,20 @@ class MissionMiddleware:
             context = await self.guard.authorize(
                 request, route.action if route else None,
                 bind=route.bind if route else None,
-                labels=route.labels if route else None, path_params=params)
+                labels=route.labels if route else None, path_params=params,
+                consequential=route.consequential if route else True,
+                parameters=route.parameters if route else None)
         except RSRefusal as refusal:
             await self.guard.refusal_response(refusal)(scope, receive, send)
             return
         scope.setdefault("state", {})[STATE_KEY] = context
-        if route is not None and any(e.needs_json_body for e in route.bind.values()):
+        if route is not None and (any(e.needs_json_body for e in route.bind.values())
+                                  or context.decision is not None):
             receive = _replay(await request.body(), receive)  # the guard read it
-        await self.app(scope, receive, send)
+        if context.decision is None:
+            await self.app(scope, receive, send)
+            return
+        await run_reporting(self.app, scope, receive, send, [(self.guard, context)])
 
     def _is_public(self, path: str) -> bool:
         # A public path opens itself and what lies under it, except "/": under the root
@@ -124,9 +144,9 @@ class MissionMiddleware:
         return found[0]
 
 
-def _demands(route: Protect) -> tuple[str, dict[str, Extractor], tuple[str, ...] | None]:
+def _demands(route: Protect) -> tuple[Any, ...]:
     labels = None if route.labels is None else tuple(route.labels)
-    return route.action, dict(route.bind), labels
+    return route.action, dict(route.bind), labels, route.consequential, route.parameters
 
 
 def mission_context(request: Request) -> MissionContext:
@@ -146,6 +166,55 @@ def _route_path(scope: Scope) -> str:
     if root and path.startswith(root):
         path = path[len(root):]
     return path or "/"
+
+
+Pending = list[tuple[MissionGuard, MissionContext]]
+
+
+async def run_reporting(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
+                        pending: Pending) -> None:
+    """Run ``app`` and report each permit in ``pending`` (it may grow while the app runs)
+    once: at the response start, with its status, before the start goes out; or as
+    ``failed`` when the app raises or returns without a response."""
+    started = False
+
+    async def settle(status: int | None) -> None:
+        while pending:
+            guard, context = pending.pop(0)
+            await guard.report_outcome(context, status)
+
+    async def reporting_send(message: Message) -> None:
+        nonlocal started
+        if message["type"] == "http.response.start" and not started:
+            started = True
+            await settle(int(message["status"]))
+        await send(message)
+
+    try:
+        await app(scope, receive, reporting_send)
+    except Exception:
+        if not started:
+            await settle(None)
+        raise
+    if not started:
+        await settle(None)
+
+
+class ExecutionReporting:
+    """ASGI middleware that reports the permits routes ran under (FastAPI's
+    :func:`~missionbound.enforce.rs.fastapi.install` adds it): it gives each request a
+    list at ``scope[REPORTS_KEY]`` that ``require_mission`` fills."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        pending: Pending = []
+        scope[REPORTS_KEY] = pending
+        await run_reporting(self.app, scope, receive, send, pending)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
