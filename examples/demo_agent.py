@@ -14,8 +14,11 @@ It plays the OAuth client ``demo-agent`` of the demo tenant against a running
 3. redeems the code for a DPoP-bound access token (a JWT carrying ``mission``) and a
    refresh token, prints the token's claims, then refreshes once;
 4. calls the demo ERP API (``/demo/erp``, a Resource Server built on
-   ``missionbound.enforce.rs``): lists the invoices, posts a journal entry under the
-   Mission's 500 USD cap (201) and one over it (refused: 403 ``insufficient_scope``).
+   ``missionbound.enforce.rs`` at tier RS-D: the Mission PDP decides every call): lists the
+   invoices, posts a journal entry under the Mission's 500 USD cap (201, with the
+   ``evaluation_id`` of the PDP's permit, which names its Decision Evidence) and one over it
+   (403 ``insufficient_scope``, reason ``constraint_exceeded``: the ERP refuses it itself
+   before asking the PDP, so no ``evaluation_id``; a PDP deny would carry one).
 
 Exit 0 when every step went as described; 1 with the server's error otherwise.
 """
@@ -168,13 +171,27 @@ def call_erp(http: httpx.Client, dpop: DPoPKey, issuer: str, access_token: str) 
           f"{len(invoices.json().get('invoices', []))} invoices")
     under = send("POST", "/journal-entries",
                  {"invoice_id": "inv-acme-1", "amount": "120.00", "currency": "USD"})
+    posted = under.json()
     print(f"POST a 120.00 USD journal entry -> {under.status_code} "
-          f"(posted by {under.json().get('posted_by')})")
+          f"(posted by {posted.get('posted_by')}), {who_decided(posted)}")
     over = send("POST", "/journal-entries",
                 {"invoice_id": "inv-acme-big", "amount": "900.00", "currency": "USD"})
-    print(f"POST a 900.00 USD journal entry -> {over.status_code} "
-          f"{over.json().get('error')}: {over.json().get('error_description')}")
-    return (invoices.status_code, under.status_code, over.status_code) == (200, 201, 403)
+    refused = over.json()
+    print(f"POST a 900.00 USD journal entry -> {over.status_code} {refused.get('error')}, "
+          f"{who_decided(refused)}: {refused.get('error_description')}")
+    return ((invoices.status_code, under.status_code, over.status_code) == (200, 201, 403)
+            and bool(posted.get("evaluation_id")))
+
+
+def who_decided(answer: dict[str, Any]) -> str:
+    """Who decided, in words: the PDP (its evaluation_id names the Decision Evidence) or
+    the ERP itself, before asking the PDP (a refusal without an evaluation_id)."""
+    evaluation_id = answer.get("evaluation_id")
+    if "error" not in answer:
+        return f"permitted by the PDP: evaluation_id {evaluation_id}"
+    if evaluation_id:
+        return f"denied by the PDP ({answer.get('reason')}): evaluation_id {evaluation_id}"
+    return f"refused by the ERP before asking the PDP ({answer.get('reason')})"
 
 
 def claims_of(jwt: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,12 @@ def test_demo_agent_gets_mission_bound_tokens_from_a_running_server(tmp_path: Pa
     assert "is active; token_type DPoP." in result.stdout
     assert '"origin": "' + server.base_url + '"' in result.stdout
     assert "Refreshed" in result.stdout
-    # The demo ERP API (missionbound.enforce.rs) honours the Mission's 500 USD cap.
+    # The demo ERP API (missionbound.enforce.rs, RS-D): the PDP permits the entry under the
+    # Mission's 500 USD cap; the ERP itself refuses the one over it, before asking the PDP.
     assert "GET /demo/erp/invoices -> 200: 4 invoices" in result.stdout
-    assert "POST a 120.00 USD journal entry -> 201 (posted by alice)" in result.stdout
-    assert "POST a 900.00 USD journal entry -> 403 insufficient_scope" in result.stdout
+    assert re.search(r"POST a 120\.00 USD journal entry -> 201 \(posted by alice\), "
+                     r"permitted by the PDP: evaluation_id dec_[A-Za-z0-9_-]{24}\n",
+                     result.stdout), result.stdout
+    assert "POST a 900.00 USD journal entry -> 403 insufficient_scope, refused by the ERP " \
+           "before asking the PDP (constraint_exceeded): amount 900.00 USD exceeds" \
+           in result.stdout, result.stdout

@@ -1,5 +1,6 @@
 """The demo ERP API (DESIGN.md "The demo tenant"): invoices and journal entries behind the
-Resource Server kit, at tier RS-C (PROFILE.md section 2).
+Resource Server kit, at tier RS-D (PROFILE.md sections 2 and 12): every call is decided by the
+Mission PDP.
 
 It is built only on the public kit :mod:`missionbound.enforce.rs` and the Shared Signals
 receiver :mod:`missionbound.enforce.signals`, with FastAPI; it imports nothing of the
@@ -8,19 +9,31 @@ It talks to the AS over HTTP only, with the demo Resource Servers' credential ``
 
 - the AS's JWK Set (``<issuer>/jwks``) to verify access tokens (RFC 9068);
 - the signed Mission Status (``<issuer>/mission/status``, PROFILE.md section 10) to learn the
-  Mission's state, trusted for at most ``staleness_seconds`` (the published bound);
+  Mission's state, trusted for at most ``staleness_seconds`` (the published bound): a
+  Mission the AS said is no longer active is refused here without asking the PDP;
 - optionally the AS's Shared Signals stream API (SSF 1.0 section 8): :class:`ErpSignals`
   subscribes this API to the Mission lifecycle events, pushed (RFC 8935) to
   ``<resource>/ssf/events``, so a revocation is refused on the next request rather than up
-  to ``staleness_seconds`` later.
+  to ``staleness_seconds`` later;
+- the AS's co-located Mission PDP (AuthZEN 1.0, ``<issuer>/access/v1/evaluation``), asked
+  about every call once the checks above passed, over the exact parameters the route acts
+  on. It reads the Mission's state itself (staleness 0), so a revoked Mission is denied at
+  once whatever the bound; it records Decision Evidence for each call, permit or deny.
 
 Routes (relative to where the app is mounted, ``/demo/erp`` in ``missionbound serve``):
 
-- ``GET /invoices[?vendor=]`` and ``GET /invoices/{invoice_id}``: action ``invoices.read``;
+- ``GET /invoices[?vendor=]`` and ``GET /invoices/{invoice_id}``: action ``invoices.read``
+  (class ``consequential_read``: gated, so decided by the PDP too; decision M131);
 - ``POST /journal-entries`` with JSON ``{"invoice_id", "amount", "currency"}``: action
-  ``journal-entries.write``, its ``max_value`` constraint checked against ``amount`` and
-  ``currency`` (decimal strings, no floats).
+  ``journal-entries.write`` (``consequential_write``). Its ``max_value`` constraint is
+  checked here against ``amount`` and ``currency`` (decimal strings, no floats) before the
+  PDP is asked (RS-D keeps every constraint it can evaluate local; the PDP checks it again
+  and meters consumption bounds): an entry over the cap is refused without a PDP decision,
+  so its refusal carries no ``evaluation_id`` (decision M132). A permitted entry's answer
+  carries the PDP's ``evaluation_id``, which names its Decision Evidence.
 
+The PDP cannot be asked (down, slow, an answer that is not a decision): ``503
+temporarily_unavailable`` (reason ``pdp_unreachable``) with ``Retry-After``; nothing runs.
 Journal entries live in memory, per app (a demo, not a ledger).
 """
 
@@ -51,6 +64,7 @@ from missionbound.enforce.rs import (
     MissionGuard,
     MissionStateView,
     MissionStatusSource,
+    PdpClient,
     Tier,
     TrustedIssuer,
     install,
@@ -95,7 +109,8 @@ def build_erp_app(
     """The ERP API for ``resource`` (its RFC 8707 identifier), trusting tokens of ``issuer``.
 
     ``http_client`` reaches the AS (the caller owns and closes it). ``rs_client_id`` /
-    ``rs_client_secret`` is this API's credential at the AS (Mission Status, Shared Signals).
+    ``rs_client_secret`` is this API's credential at the AS (Mission Status, Shared Signals,
+    the PDP's AuthZEN endpoint).
     ``labels`` are the resource's data-classification labels, as the catalog declares them.
     With ``signals``, the app serves the push endpoint and ``app.state.signals`` is the
     :class:`ErpSignals` that subscribes to the AS's lifecycle events (call
@@ -104,19 +119,25 @@ def build_erp_app(
     # The AS's keys, one cache for the access tokens, the Mission Status answers and the SETs.
     as_keys = JwksCache(f"{issuer}/jwks", client=http_client)
     book = MissionStateBook(max_missions=100_000) if signals else None
-    # RS-C: the Mission must be active as the AS said at most staleness_seconds ago, or as a
-    # lifecycle event (the book) said since, whichever is stricter.
+    # The RS-C check first: the Mission must be active as the AS said at most
+    # staleness_seconds ago, or as a lifecycle event (the book) said since, whichever is
+    # stricter. A Mission known to be over is refused without a PDP round trip.
     state = MissionStateView(
         MissionStatusSource(
             issuer=issuer, status_endpoint=f"{issuer}/mission/status", keys=as_keys,
             audience=resource, client_id=rs_client_id, client_secret=rs_client_secret,
             client=http_client),
         staleness_seconds=staleness_seconds, book=book)
+    # RS-D: then the AS's co-located PDP decides each call (PROFILE.md section 12), asked
+    # with this API's credential through the same client as the AS's other endpoints.
+    pdp = PdpClient(issuer, client_id=rs_client_id, client_secret=rs_client_secret,
+                    http_client=http_client)
     guard = MissionGuard(
         resource=resource,
         issuers=[TrustedIssuer(issuer, keys=as_keys)],
-        tier=Tier.RS_C,
+        tier=Tier.RS_D,
         state=state,
+        pdp=pdp,
         labels=labels,
         dpop_required=True,  # sender-constrained tokens only (RFC 9449)
         # Clients sign the URL they address: the resource's public origin (DPoP htu).
@@ -133,12 +154,14 @@ def build_erp_app(
     app.state.journal = []  # the journal entries posted, oldest first
     entry_numbers = itertools.count(1)
 
-    # What each route needs from the Mission: the guard runs before the route body.
+    # What each route needs from the Mission: the guard, and at RS-D the PDP, decide before
+    # the route body runs. Both actions are consequential (the catalog's consequential_read
+    # and consequential_write): the PDP decides reads too (decision M131).
     ReadInvoices = Annotated[MissionContext, Depends(require_mission(guard, "invoices.read"))]
     WriteEntries = Annotated[MissionContext, Depends(require_mission(
         guard, "journal-entries.write",
         # PROFILE.md section 6: the catalog binds max_value to the amount; here it is read
-        # from the body as a decimal string with its currency.
+        # from the body as a decimal string with its currency, and checked before the PDP.
         bind={"max_value": money(json_field("amount"), json_field("currency"))}))]
 
     @app.get("/invoices")
@@ -156,8 +179,10 @@ def build_erp_app(
 
     @app.post("/journal-entries", status_code=201)
     async def post_journal_entry(mission: WriteEntries) -> JSONResponse:
-        # The body as the guard read it (strict JSON: a member named twice was refused).
-        body: Any = mission.facts.json_body if mission.facts is not None else MISSING
+        # The parameters the PDP decided on (the body as the guard read it, strictly: a
+        # member named twice was refused), and nothing else: its permit is for these.
+        decision = mission.decision
+        body: Any = dict(decision.parameters) if decision is not None else MISSING
         problem = _invalid_entry(body)
         if problem is not None:
             return _error(400, "invalid_request", problem)
@@ -173,6 +198,8 @@ def build_erp_app(
             "acting_client": mission.acting_client,
             "mission_id": mission.mission.id,
             "jti": mission.token.jti,
+            # The PDP's permit this entry was posted under: its Decision Evidence.
+            "evaluation_id": mission.evaluation_id,
         }
         app.state.journal.append(entry)
         return JSONResponse(entry, status_code=201)
@@ -195,7 +222,8 @@ def build_erp_app(
 
 def _invalid_entry(body: Any) -> str | None:
     """What is wrong with a journal entry request, or None. The guard checked the Mission's
-    cap; this is the API's own validation, whatever the Mission says."""
+    cap and the PDP permitted it; this is the API's own validation, whatever the Mission
+    says."""
     if not isinstance(body, dict):
         return 'the body must be a JSON object {"invoice_id", "amount", "currency"}'
     unknown = sorted(set(body) - {"invoice_id", "amount", "currency"})

@@ -2,16 +2,20 @@
 in process, through the real Authorization Server flow (tests/issuer/flow.py), on SQLite
 and PostgreSQL.
 
-The ERP reaches the AS over HTTP like any Resource Server (JWKS, signed Mission Status,
-Shared Signals stream API). In process, ``create_app(http_client=...)`` is given a
-:class:`Loopback`: an httpx client bound, once the app exists, to a TestClient of that same
-app. Access tokens come from ``flow.grant`` (PAR, consent by bob, code, DPoP-bound token for
-the ERP), requests carry real DPoP proofs (tests/protocol/proofs.py), the Mission is revoked
-through ``POST /mission/lifecycle`` (bob's browser session).
+The ERP is an RS-D Resource Server: it reaches the AS over HTTP like any Resource Server
+(JWKS, signed Mission Status, Shared Signals stream API) and asks the AS's Mission PDP
+(AuthZEN, ``/access/v1/evaluation``) about every call. In process,
+``create_app(http_client=...)`` is given a :class:`Loopback`: an httpx client bound, once
+the app exists, to a TestClient of that same app. Access tokens come from ``flow.grant``
+(PAR, consent by bob, code, DPoP-bound token for the ERP), requests carry real DPoP proofs
+(tests/protocol/proofs.py), the Mission is revoked through ``POST /mission/lifecycle`` (bob's
+browser session).
 
-Two apps share the module's database: ``flow`` with a 1 s staleness bound (the bound
-passing is what refuses a revoked Mission), ``long_flow`` with a 60 s bound (only a
-lifecycle event pushed by the AS's transmitter can refuse it that soon).
+Two apps share the module's database: ``flow`` with a 1 s staleness bound, ``long_flow``
+with a 60 s bound (only the PDP, or a lifecycle event pushed by the AS's transmitter, can
+refuse a revoked Mission that soon). The PDP denies a revoked Mission at once (403 with its
+``evaluation_id``); once the ERP's own view of the state says so, the ERP refuses it itself
+(401 ``invalid_token``), without asking the PDP.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,9 @@ import httpx
 import pytest
 import structlog
 from fastapi.testclient import TestClient
+from sqlalchemy import select
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 import missionbound.demo.erp as erp_module
 import tests.issuer.flow as flow_module
@@ -39,10 +46,14 @@ from missionbound.demo.erp import (
     INVOICES,
     STREAM_DESCRIPTION,
     ErpSignals,
+    build_erp_app,
     push_authorization,
 )
 from missionbound.issuer.signal_delivery import SignalTransmitter
+from missionbound.mission.canonical import digest_json
 from missionbound.protocol.dpop import access_token_hash
+from missionbound.runtime.evidence import verify_evidence_chain
+from missionbound.store.models import EvidenceRecord
 from missionbound.web.app import create_app
 from tests.issuer.conftest import flow_database_url  # noqa: F401 (the shared fixture)
 from tests.issuer.flow import ERP, ISSUER, Flow, Grant, build_flow
@@ -106,15 +117,17 @@ def long_flow(flow_database_url: str,  # noqa: F811 (the imported fixture)
 # -- helpers -------------------------------------------------------------------------------
 
 
-def call(flow: Flow, grant: Grant, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    """``method`` ``/demo/erp<path>`` with the grant's access token and a fresh DPoP proof."""
+def call(flow: Flow, grant: Grant, method: str, path: str, *, via: TestClient | None = None,
+         **kwargs: Any) -> httpx.Response:
+    """``method`` ``/demo/erp<path>`` with the grant's access token and a fresh DPoP proof
+    (to the flow's app, or to ``via``)."""
     assert grant.dpop_key is not None
     url = ERP + path
     proof = make_proof(grant.dpop_key, htm=method, htu=url.split("?")[0],
                        iat=int(flow.now().timestamp()), ath=access_token_hash(grant.access_token))
     headers = {"Authorization": f"DPoP {grant.access_token}", "DPoP": proof,
                **kwargs.pop("headers", {})}
-    return flow.client.request(method, url, headers=headers, **kwargs)
+    return (via or flow.client).request(method, url, headers=headers, **kwargs)
 
 
 def grant(flow: Flow, **push: Any) -> Grant:
@@ -135,6 +148,27 @@ def refused(response: httpx.Response, status: int, error: str, reason: str) -> d
     challenge = response.headers["www-authenticate"]
     assert challenge.startswith("DPoP ") and f'error="{error}"' in challenge, challenge
     assert f'resource_metadata="{ISSUER}{METADATA_PATH}"' in challenge
+    return body
+
+
+def evidence(flow: Flow, mission_id: str) -> list[dict[str, Any]]:
+    """The Mission's evidence chain as stored, in sequence order."""
+    with flow.store.read() as session, session.begin():
+        rows = session.scalars(select(EvidenceRecord).where(
+            EvidenceRecord.chain_id == mission_id).order_by(EvidenceRecord.sequence)).all()
+        return [dict(row.record) for row in rows]
+
+
+def decisions(flow: Flow, mission_id: str) -> list[dict[str, Any]]:
+    """The PDP's Decision Evidence for the Mission, oldest first."""
+    return [record for record in evidence(flow, mission_id) if "evidence_id" in record]
+
+
+def pdp_denied(response: httpx.Response, reason: str) -> dict[str, Any]:
+    """A deny of the PDP as the ERP passes it on: 403 with the PDP's reason and the
+    ``evaluation_id`` naming its Decision Evidence."""
+    body = refused(response, 403, "insufficient_scope", reason)
+    assert body["evaluation_id"].startswith("dec_"), body
     return body
 
 
@@ -172,6 +206,26 @@ def test_invoices_are_listed_filtered_and_read(flow: Flow) -> None:
     assert missing.json()["error"] == "not_found"
 
 
+def test_each_read_is_decided_by_the_pdp(flow: Flow) -> None:
+    """``invoices.read`` is a consequential_read: gated, so the PDP decides every read, over
+    the parameters the route uses, and records it (decision M131). Its permit has no
+    parameter binding and no signed permit: the read's answer is unchanged."""
+    granted = grant(flow)
+    assert call(flow, granted, "GET", "/invoices?vendor=acme").status_code == 200
+    assert call(flow, granted, "GET", "/invoices/inv-acme-1").status_code == 200
+    reads = decisions(flow, granted.mission_id)
+    assert [(d["action"]["name"], d["decision"], d["action_class"]) for d in reads] == [
+        ("invoices.read", "permit", "consequential_read")] * 2
+    assert [d["resource"] for d in reads] == [
+        {"type": "http_route", "id": "GET /demo/erp/invoices"},
+        {"type": "http_route", "id": "GET /demo/erp/invoices/inv-acme-1"}]
+    assert all(d["audience"] == ERP and "use_limit" not in d["conditions"] for d in reads)
+    # A read the route could not act on as asked is refused before the PDP is asked.
+    twice = call(flow, granted, "GET", "/invoices?vendor=acme&vendor=globex")
+    assert twice.status_code == 400 and twice.json()["reason"] == "parameter_invalid"
+    assert len(decisions(flow, granted.mission_id)) == 2
+
+
 def test_no_token_or_a_dpop_bound_token_as_bearer_is_refused(flow: Flow) -> None:
     anonymous = flow.client.get(f"{ERP}/invoices")
     assert anonymous.status_code == 401
@@ -193,7 +247,8 @@ def test_no_token_or_a_dpop_bound_token_as_bearer_is_refused(flow: Flow) -> None
 # -- journal entries ---------------------------------------------------------------------------
 
 
-def test_a_journal_entry_under_the_cap_is_posted_with_its_evidence(flow: Flow) -> None:
+def test_a_journal_entry_under_the_cap_is_permitted_by_the_pdp_with_its_evidence(
+        flow: Flow) -> None:
     granted = grant(flow)
     before = journal(flow)
     posted = call(flow, granted, "POST", "/journal-entries", json=entry("inv-acme-2", "499.00"))
@@ -206,17 +261,45 @@ def test_a_journal_entry_under_the_cap_is_posted_with_its_evidence(flow: Flow) -
     assert body["entry_id"].startswith("je-") and body["posted_at"].endswith("Z")
     assert journal(flow) == [*before, body]
 
+    # The PDP's permit the entry was posted under: its Decision Evidence, for this action
+    # and exactly these parameters, in the Mission's chain, which verifies with the JWKS.
+    evaluation_id = body["evaluation_id"]
+    assert evaluation_id.startswith("dec_")
+    chain = evidence(flow, granted.mission_id)
+    # Its Decision Evidence, and the Execution Evidence the ERP reported after posting it.
+    [decided] = [record for record in chain
+                 if record.get("evaluation_id") == evaluation_id and "evidence_id" in record]
+    [executed] = [record for record in chain
+                  if record.get("evaluation_id") == evaluation_id and "execution_id" in record]
+    assert executed["outcome"] == "completed"
+    assert decided["decision"] == "permit" and decided["action"]["name"] == \
+        "journal-entries.write"
+    assert decided["action_class"] == "consequential_write" and decided["audience"] == ERP
+    assert decided["parameter_digest"] == digest_json(entry("inv-acme-2", "499.00"))
+    assert decided["conditions"]["use_limit"] == 1
+    assert decided["mission"]["id"] == granted.mission_id
+    report = verify_evidence_chain(chain, flow.client.get("/jwks").json())
+    assert report.ok and report.records_checked == len(chain), report
+    # The record is what the PDP signed: another evaluation_id breaks the chain.
+    forged = [{**record, "evaluation_id": "dec_forged"} if record is decided else record
+              for record in chain]
+    assert not verify_evidence_chain(forged, flow.client.get("/jwks").json()).ok
 
-def test_over_the_cap_is_refused_and_nothing_is_stored(flow: Flow) -> None:
+
+def test_over_the_cap_is_refused_by_the_erp_before_the_pdp_is_asked(flow: Flow) -> None:
+    """RS-D keeps the constraints it can evaluate local (decision M132): an entry over the
+    Mission's max_value is refused by the ERP itself, with the cap in the description and
+    no evaluation_id (no PDP decision was made), and nothing is stored."""
     granted = grant(flow)  # max_value 500.00 USD (the demo intent)
     before = journal(flow)
     over = call(flow, granted, "POST", "/journal-entries", json=entry("inv-acme-big", "900.00"))
     body = refused(over, 403, "insufficient_scope", "constraint_exceeded")
-    assert "500.00 USD" in body["error_description"]
+    assert "500.00 USD" in body["error_description"] and "evaluation_id" not in body
     just_over = call(flow, granted, "POST", "/journal-entries",
                      json=entry("inv-acme-big", "500.01"))
     refused(just_over, 403, "insufficient_scope", "constraint_exceeded")
     assert journal(flow) == before
+    assert decisions(flow, granted.mission_id) == []
 
 
 def test_a_mission_without_journal_entries_write_reads_but_cannot_post(flow: Flow) -> None:
@@ -262,27 +345,52 @@ def test_a_bad_journal_entry_is_refused_and_nothing_is_stored(
     assert journal(flow) == before
 
 
-# -- the Mission's state (RS-C) ----------------------------------------------------------------
+# -- the Mission's state: the PDP at once, the ERP's own view within its bound ---------------
 
 
-def test_a_revoked_mission_is_refused_once_the_staleness_bound_has_passed(flow: Flow) -> None:
+def test_a_revoked_mission_is_denied_by_the_pdp_at_once(long_flow: Flow) -> None:
+    """The ERP's view still says active (observed just now, 60 s bound, no event pushed): the
+    PDP, which reads the Mission's state itself, denies every call, reads included."""
+    flow = long_flow
+    granted = grant(flow)
+    assert call(flow, granted, "GET", "/invoices").status_code == 200  # observed: active
+    before = journal(flow)
+    revoke(flow, granted.mission_id)
+
+    posted = pdp_denied(call(flow, granted, "POST", "/journal-entries", json=entry()),
+                        "mission_inactive")
+    read = pdp_denied(call(flow, granted, "GET", "/invoices"), "mission_inactive")
+    assert journal(flow) == before
+    denies = {d["evaluation_id"]: d for d in decisions(flow, granted.mission_id)
+              if d["decision"] == "deny"}
+    assert denies[posted["evaluation_id"]]["denial_reason"] == "mission_inactive"
+    assert denies[posted["evaluation_id"]]["action"]["name"] == "journal-entries.write"
+    assert denies[read["evaluation_id"]]["action"]["name"] == "invoices.read"
+
+
+def test_once_the_staleness_bound_has_passed_the_erp_refuses_by_itself(flow: Flow) -> None:
     granted = grant(flow)
     sent = time.monotonic()
     assert call(flow, granted, "GET", "/invoices").status_code == 200  # observed: active
     answered = time.monotonic()
     revoke(flow, granted.mission_id)
 
-    # Within the bound the ERP may still act on what the AS said before the revocation.
+    # Within the bound the ERP may still act on what the AS said before the revocation: the
+    # PDP denies it then. (Past the bound already, the ERP refuses by itself.)
     right_after = call(flow, granted, "GET", "/invoices")
     if time.monotonic() - sent < STALENESS:  # the check happened within the bound
-        assert right_after.status_code == 200, right_after.text
+        pdp_denied(right_after, "mission_inactive")
+    else:
+        assert right_after.status_code in (401, 403), right_after.text
 
     time.sleep(max(0.0, answered + STALENESS + 0.05 - time.monotonic()))
+    decided = len(decisions(flow, granted.mission_id))
     after_bound = call(flow, granted, "GET", "/invoices")
     body = refused(after_bound, 401, "invalid_token", "mission_inactive")
-    assert body["mission_state"] == "revoked"
+    assert body["mission_state"] == "revoked" and "evaluation_id" not in body
     posted = call(flow, granted, "POST", "/journal-entries", json=entry())
     assert refused(posted, 401, "invalid_token", "mission_inactive")["mission_state"] == "revoked"
+    assert len(decisions(flow, granted.mission_id)) == decided  # the PDP was not asked
 
 
 def test_a_pushed_lifecycle_event_refuses_the_next_request(long_flow: Flow) -> None:
@@ -298,10 +406,12 @@ def test_a_pushed_lifecycle_event_refuses_the_next_request(long_flow: Flow) -> N
         transmitter.run_once()  # the events so far (submission, activation) reach the ERP
         assert call(flow, granted, "GET", "/invoices").status_code == 200  # observed: active
         revoke(flow, granted.mission_id)
-        # No event delivered yet: the 60 s bound still holds the observation.
-        assert call(flow, granted, "GET", "/invoices").status_code == 200
+        # No event delivered yet: the 60 s bound still holds the observation, and only the
+        # PDP refuses.
+        pdp_denied(call(flow, granted, "GET", "/invoices"), "mission_inactive")
         report = transmitter.run_once()
         assert report.accepted >= 1 and report.rejected == report.failed == 0, report
+        # The event reached the ERP: it refuses by itself, as the state it now knows.
         body = refused(call(flow, granted, "GET", "/invoices"), 401, "invalid_token",
                        "mission_inactive")
         assert body["mission_state"] == "revoked"
@@ -383,6 +493,56 @@ def test_without_signals_there_is_no_push_endpoint(flow_database_url: str,  # no
         built.engine.dispose()
 
 
+# -- the PDP cannot answer: fail closed -------------------------------------------------------
+
+
+def _connection_refused(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+def _timed_out(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("timed out", request=request)
+
+
+@pytest.mark.parametrize("pdp_answer", [
+    _connection_refused,
+    _timed_out,
+    lambda _: httpx.Response(500, json={"error": "server_error"}),
+    lambda _: httpx.Response(200, json={"permit": True}),  # not an AuthZEN decision
+], ids=["refused", "timeout", "5xx", "not_a_decision"])
+def test_when_the_pdp_cannot_be_asked_the_erp_fails_closed(
+        flow: Flow, pdp_answer: Callable[[httpx.Request], httpx.Response]) -> None:
+    """The ERP as ``serve`` builds it, on a network where everything of the AS answers but
+    its PDP: 503 ``pdp_unreachable`` with Retry-After, and nothing runs."""
+    def network(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/access/v1/evaluation":
+            return pdp_answer(request)
+        answer = flow.client.request(request.method, str(request.url),
+                                     headers=dict(request.headers), content=request.read())
+        return httpx.Response(answer.status_code, headers=answer.headers,
+                              content=answer.content)
+
+    with httpx.Client(transport=httpx.MockTransport(network)) as http:
+        erp = build_erp_app(issuer=ISSUER, resource=ERP, http_client=http,
+                            rs_client_id=DEMO_RS[0], rs_client_secret=DEMO_RS[1])
+        host = Starlette(routes=[Mount("/demo/erp", app=erp)])
+        with TestClient(host, base_url=ISSUER) as client:
+            granted = grant(flow)
+            for method, path, body in (("POST", "/journal-entries", entry()),
+                                       ("GET", "/invoices", None)):
+                answer = call(flow, granted, method, path, via=client, json=body)
+                assert answer.status_code == 503, answer.text
+                assert (answer.json()["error"], answer.json()["reason"]) == (
+                    "temporarily_unavailable", "pdp_unreachable")
+                assert int(answer.headers["retry-after"]) > 0
+            assert erp.state.journal == []
+            # The PEP works otherwise: over the cap is still its own refusal.
+            over = call(flow, granted, "POST", "/journal-entries", via=client,
+                        json=entry("inv-acme-big", "900.00"))
+            assert over.status_code == 403 and over.json()["reason"] == "constraint_exceeded"
+    assert decisions(flow, granted.mission_id) == []
+
+
 # -- metadata ----------------------------------------------------------------------------------
 
 
@@ -400,7 +560,7 @@ def test_the_protected_resource_metadata(flow: Flow, long_flow: Flow) -> None:
         "authorization_details_types_supported": ["mission_resource_access"],
         "mission_bound_authorization_required": True,
         "mission_constraints_supported": ["data_classification", "max_value"],
-        "mission_enforcement_tier": "RS-C",
+        "mission_enforcement_tier": "RS-D",
         "mission_state_staleness_seconds": STALENESS,
     }
     assert "ES256" in answer.json()["dpop_signing_alg_values_supported"]

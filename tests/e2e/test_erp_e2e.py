@@ -1,17 +1,20 @@
 """The demo ERP API end to end: a real ``missionbound serve`` process (SQLite and PostgreSQL)
-serving the AS and, at ``/demo/erp``, the ERP API, which reaches the AS over real HTTP
-(JWKS, signed Mission Status, Shared Signals). Driven with plain HTTP and real DPoP proofs.
+serving the AS and, at ``/demo/erp``, the ERP API (tier RS-D), which reaches the AS over
+real HTTP (JWKS, signed Mission Status, Shared Signals, the Mission PDP's AuthZEN endpoint).
+Driven with plain HTTP and real DPoP proofs.
 
 bob approves alice's Mission (PAR, sign-in, consent, code, DPoP-bound token); the agent
-reads invoices and posts a journal entry under the cap; bob revokes the Mission through
-``POST /mission/lifecycle`` (his browser session). Then:
+reads invoices and posts a journal entry under the cap, permitted by the PDP (its Decision
+Evidence is in the database and verifies with the AS's JWKS); one over the cap is refused
+by the ERP itself; bob revokes the Mission through ``POST /mission/lifecycle`` (his browser
+session). Then:
 
 (a) with Shared Signals (the default), the ERP subscribed to the AS's lifecycle events at
-    start; once the revocation's SET is pushed to it, the next request is refused, although
-    its staleness bound (60 s here) is far from reached;
-(b) with signals off and a 2 s bound, a request right after the revocation may still pass
-    (it does when it is checked within the bound of the last observation), and one after
-    the bound is refused.
+    start; once the revocation's SET is pushed to it, the next request is refused by the
+    ERP itself, although its staleness bound (60 s here) is far from reached;
+(b) with signals off and a 2 s bound, a request right after the revocation is refused at
+    once: by the PDP (403 with its evaluation_id) while the ERP's own observation is within
+    its bound, by the ERP (401) after it.
 
 Every wait is bounded.
 """
@@ -27,8 +30,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from missionbound.mission.canonical import digest_json
 from missionbound.protocol.dpop import access_token_hash
+from missionbound.runtime.evidence import verify_evidence_chain
+from missionbound.store.engine import create_engine_for
+from missionbound.store.models import EvidenceRecord
+from missionbound.store.transactions import Store
 from tests.e2e.test_replicas import Granted, client_for, grant_through
 from tests.e2e_support import ServerHandle, running_server
 from tests.protocol.proofs import make_proof
@@ -88,19 +97,55 @@ def assert_revoked(answer: httpx.Response) -> None:
     assert 'error="invalid_token"' in answer.headers["www-authenticate"]
 
 
-def work_under_the_mission(http: httpx.Client, issuer: str, granted: Granted) -> None:
+def assert_pdp_denied(answer: httpx.Response, reason: str) -> None:
+    assert answer.status_code == 403, answer.text
+    body = answer.json()
+    assert (body["error"], body["reason"]) == ("insufficient_scope", reason), body
+    assert body["evaluation_id"].startswith("dec_"), body
+
+
+def assert_decision_evidence(server: ServerHandle, http: httpx.Client, granted: Granted,
+                             evaluation_id: str, parameters: dict[str, str]) -> None:
+    """The PDP's Decision Evidence for ``evaluation_id`` is in the server's database, a
+    permit for these parameters, and the Mission's chain verifies with the AS's JWKS."""
+    engine = create_engine_for(server.database_url)
+    try:
+        with Store(engine).read() as session, session.begin():
+            chain = [dict(row.record) for row in session.scalars(
+                select(EvidenceRecord).where(EvidenceRecord.chain_id == granted.mission_id)
+                .order_by(EvidenceRecord.sequence))]
+    finally:
+        engine.dispose()
+    # Its Decision Evidence, and the Execution Evidence the ERP reported after posting it.
+    [decided] = [record for record in chain
+                 if record.get("evaluation_id") == evaluation_id and "evidence_id" in record]
+    [executed] = [record for record in chain
+                  if record.get("evaluation_id") == evaluation_id and "execution_id" in record]
+    assert executed["outcome"] == "completed"
+    assert (decided["decision"], decided["action"]["name"]) == ("permit",
+                                                                "journal-entries.write")
+    assert decided["parameter_digest"] == digest_json(parameters)
+    report = verify_evidence_chain(chain, http.get(f"{server.base_url}/jwks").json())
+    assert report.ok and report.records_checked == len(chain), report
+
+
+def work_under_the_mission(server: ServerHandle, http: httpx.Client, granted: Granted) -> None:
     """Reads and a journal entry under the cap, as the agent does before the revocation."""
+    issuer = server.base_url
     listed = erp(http, issuer, granted, "GET", "/invoices")
     assert listed.status_code == 200, listed.text
     assert len(listed.json()["invoices"]) == 4
-    posted = erp(http, issuer, granted, "POST", "/journal-entries",
-                 json={"invoice_id": "inv-acme-1", "amount": "120.00", "currency": "USD"})
+    entry = {"invoice_id": "inv-acme-1", "amount": "120.00", "currency": "USD"}
+    posted = erp(http, issuer, granted, "POST", "/journal-entries", json=entry)
     assert posted.status_code == 201, posted.text
     assert posted.json()["posted_by"] == "alice"
     assert posted.json()["mission_id"] == granted.mission_id
+    assert_decision_evidence(server, http, granted, posted.json()["evaluation_id"], entry)
     over = erp(http, issuer, granted, "POST", "/journal-entries",
                json={"invoice_id": "inv-acme-big", "amount": "900.00", "currency": "USD"})
+    # Refused by the ERP before the PDP is asked: no evaluation_id (decision M132).
     assert over.status_code == 403 and over.json()["reason"] == "constraint_exceeded"
+    assert "evaluation_id" not in over.json()
 
 
 def no_server_errors(server: ServerHandle) -> None:
@@ -123,7 +168,7 @@ def test_with_shared_signals_a_revocation_is_refused_at_once(
 
         granted = grant_through(http, issuer)
         observed = time.monotonic()
-        work_under_the_mission(http, issuer, granted)
+        work_under_the_mission(server, http, granted)
 
         revoke(http, issuer, granted)
         wait_for_log(server, lambda e: (e.get("event") == "set_received"
@@ -148,14 +193,17 @@ def test_without_signals_a_revocation_is_refused_after_the_staleness_bound(
         issuer = server.base_url
         granted = grant_through(http, issuer)
         sent = time.monotonic()  # the ERP observes this new Mission only after this
-        work_under_the_mission(http, issuer, granted)
+        work_under_the_mission(server, http, granted)
         revoke(http, issuer, granted)
         revoked = time.monotonic()  # every observation made before the revocation is older
         right_after = erp(http, issuer, granted, "GET", "/invoices")
         if time.monotonic() - sent < SHORT_STALENESS:
             # Checked within the bound of an observation made after `sent`: the ERP still
-            # acts on what the AS said before the revocation. That is what the bound means.
-            assert right_after.status_code == 200, right_after.text
+            # acts on what the AS said before the revocation (that is what the bound
+            # means), and the PDP, which reads the Mission's state itself, denies it.
+            assert_pdp_denied(right_after, "mission_inactive")
+        else:
+            assert right_after.status_code in (401, 403), right_after.text
 
         time.sleep(max(0.0, revoked + SHORT_STALENESS + 0.1 - time.monotonic()))
         assert_revoked(erp(http, issuer, granted, "GET", "/invoices"))
@@ -165,10 +213,11 @@ def test_without_signals_a_revocation_is_refused_after_the_staleness_bound(
 
 
 def test_a_burst_of_state_lookups_does_not_starve_the_as_it_asks(tmp_path: Path) -> None:
-    # The demo ERP asks this same process's /mission/status and /jwks. 80 requests of one
-    # Mission arriving together once its state is stale must all be answered: their waits
-    # stay in the guard's own thread pool, never on the threads those endpoints need (with
-    # the shared pool they all came back 503 mission_state_unavailable after 6 s).
+    # The demo ERP asks this same process's /mission/status and /jwks, and its PDP about
+    # every read (RS-D). 80 requests of one Mission arriving together once its state is
+    # stale must all be answered: their waits stay in the guard's own thread pool, never on
+    # the threads those endpoints need (with the shared pool they all came back 503
+    # mission_state_unavailable after 6 s).
     import asyncio
 
     env = {"MISSIONBOUND_DEMO_ERP_SIGNALS": "false",
