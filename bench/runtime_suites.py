@@ -4,7 +4,11 @@
   match, actor, state, credential; no parameters);
 * ``runtime.decide wire transfer``: ``decide()`` for ``execute_wire_transfer`` with its four
   parameters (the digest recomputed over them, max_value, vendors, metering charges);
-* ``runtime.cedar raw``: ``cedarpy.is_authorized`` alone on the same PolicySet and Entities.
+* ``runtime.cedar raw``: ``cedarpy.is_authorized`` alone on the same PolicySet and Entities;
+* ``runtime.permit mint``: sign one ``mission-permit+jwt`` (ES256) for the wire transfer;
+* ``runtime.permit verify``: a tool runtime's checks of that permit without I/O (signature,
+  claims, binding, the digest recomputed over the arguments: ``verify_permit_jwt``); the
+  database single use adds one transaction (the ``store`` suite measures those).
 
 The request is read from its AuthZEN body once, before timing (the HTTP layer's work); the
 compiled policy is loaded once (the PolicyCache's work). Detail line: decide / raw Cedar.
@@ -105,10 +109,51 @@ def _runner() -> Callable[[float], dict[str, Any]]:
     return run
 
 
+def _permit_ops() -> dict[str, Callable[[], object]]:
+    from joserfc.jwk import ECKey
+
+    from missionbound.issuer.keys import SignerKey, generate_signing_key
+    from missionbound.protocol.jwks import StaticKeys
+    from missionbound.protocol.permits import verify_permit_jwt
+    from missionbound.runtime.permits import mint_permit
+
+    generated = generate_signing_key()
+    signer = SignerKey(kid=generated.kid, alg=generated.alg,
+                       key=ECKey.import_key(generated.private_jwk))
+    keys = StaticKeys({"keys": [generated.public_jwk]})
+    presenter = ECKey.generate_key("P-256", private=True).thumbprint()
+    record = make_mission()
+
+    def mint() -> str:
+        return mint_permit(
+            signer=signer, issuer="https://as.example", audience=MCP,
+            evaluation_id="dec_bench", mission={"id": record.mission_id,
+                                                "origin": record.origin,
+                                                "authority_hash": record.authority_hash},
+            policy_version="sha-256:" + "P" * 43, tool_id="execute_wire_transfer",
+            action="execute_wire_transfer", parameter_digest=parameter_digest(WIRE),
+            subject="alice", client_id="demo-agent", act=None, jkt=presenter, use_limit=1,
+            now=NOW, valid_until=NOW + timedelta(seconds=60))
+
+    token = mint()
+
+    def verify() -> object:
+        return verify_permit_jwt(token, key_for=keys, issuer="https://as.example",
+                                 audience=MCP, tool_id="execute_wire_transfer", arguments=WIRE,
+                                 presenter_jkt=presenter, now=NOW + timedelta(seconds=1))
+
+    return {"runtime.permit mint": mint, "runtime.permit verify": verify}
+
+
+def _permit_bench(name: str) -> Bench:
+    return Bench(name, lambda: contextlib.nullcontext(_permit_ops()[name]), batch=100)
+
+
 def runtime_benches() -> list[Bench]:
     return [RuntimeBench("runtime.decide (read, wire transfer, raw cedar)",
                          lambda: contextlib.nullcontext(_runner()),
-                         note="headline: decide wire transfer; detail: every part")]
+                         note="headline: decide wire transfer; detail: every part"),
+            _permit_bench("runtime.permit mint"), _permit_bench("runtime.permit verify")]
 
 
 __all__ = ["runtime_benches"]
