@@ -24,6 +24,7 @@ import contextlib
 import http.client
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -60,7 +61,9 @@ def evaluation_body(issuer: str, issued: Issued) -> dict[str, Any]:
     """What the demo ERP (RS-D) would ask before ``GET /demo/erp/invoices/inv-acme-1``."""
     claims = _claims(issued.access_token)
     mission = claims["mission"]
-    credential: dict[str, Any] = {"issuer": issuer}
+    credential: dict[str, Any] = {
+        "issuer": issuer,
+        "expires_at": datetime.fromtimestamp(claims["exp"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     if "cnf" in claims:
         credential["confirmation"] = claims["cnf"]
     return {
