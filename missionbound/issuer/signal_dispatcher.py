@@ -85,7 +85,12 @@ class SignalDispatcher:
             self._woken.clear()
             try:
                 self._idle.clear()
-                report = await asyncio.to_thread(self._round)
+                # Shielded: a stop() that cancels this task while the round is only queued
+                # for its thread must not drop it, or _idle would never be set again and
+                # stop() would wait out its whole bound; the round runs (``stopping`` makes
+                # it short) and sets _idle itself.
+                report = await asyncio.shield(asyncio.ensure_future(
+                    asyncio.to_thread(self._round)))
                 if report.fanned_out or report.accepted or report.rejected or report.failed:
                     log.debug("signals_delivered", fanned_out=report.fanned_out,
                               accepted=report.accepted, rejected=report.rejected,
