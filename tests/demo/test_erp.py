@@ -91,7 +91,8 @@ def erp_flow(database_url: str, data_dir: Path, staleness: float) -> Iterator[Fl
                 patch.delenv(name)
         patch.setattr(flow_module, "create_app", partial(create_app,
                                                          http_client=loopback.client))
-        built = build_flow(database_url, data_dir, demo_erp_staleness_seconds=staleness)
+        built = build_flow(database_url, data_dir, demo_erp_staleness_seconds=staleness,
+                           demo_erp_signals=True)
     loopback.target = TestClient(built.app, base_url=ISSUER, follow_redirects=False)
     try:
         yield built
@@ -573,9 +574,10 @@ def test_the_protected_resource_metadata(flow: Flow, long_flow: Flow) -> None:
 
 def test_the_erp_is_built_on_the_public_kit_only() -> None:
     """DESIGN.md "Rules of the house": the ERP is a Resource Server, so it uses the kit, the
-    Shared Signals receiver and the JWKS cache the kit's docs show, never the AS's code."""
+    Shared Signals receiver and the JWKS cache the kit's docs show (and the demo invoices it
+    shares with the demo payments MCP server), never the AS's code."""
     allowed = ("missionbound.enforce.rs", "missionbound.enforce.signals",
-               "missionbound.protocol.jwks")
+               "missionbound.protocol.jwks", "missionbound.demo.invoices")
     source = Path(erp_module.__file__).read_text()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("missionbound"):

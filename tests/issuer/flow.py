@@ -376,6 +376,11 @@ def build_flow(database_url: str, data_dir: Path, **settings: Any) -> Flow:
         "dpop_nonce_required": False, "mission_intent_max_size": 16384,
         "consent_window_seconds": 600, "max_mission_lifetime": timedelta(days=30),
         "max_request_body_size": 1_048_576,
+        # The demo ERP's Shared Signals subscription calls the issuer URL over the app's
+        # HTTP client; here nothing listens there and resolving "testserver" can block in
+        # DNS past any timeout, holding the app's shutdown. Flows that need it pass a
+        # loopback client and True (tests/demo/test_erp.py erp_flow).
+        "demo_erp_signals": False,
     }
     values.update(settings)
     config = Settings(**values)
