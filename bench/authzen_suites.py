@@ -25,10 +25,7 @@ import contextlib
 import http.client
 import itertools
 import json
-import os
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,16 +33,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from issuance_suites import (
-    SERVER_STOP_TIMEOUT,
     BenchFailure,
     Server,
     TimedBench,
     Worker,
-    _wait_until_healthy,
     drive,
-    free_port,
+    served,
 )
-from store_suites import fresh_database_url
 
 ROOT = Path(__file__).resolve().parents[1]
 TENANTS = {"todo": ROOT / "examples" / "authzen-todo",
@@ -57,35 +51,12 @@ CLIENT_THREADS = (1, 2, 4)
 BATCH_ITEMS = 10
 
 
-@contextlib.contextmanager
-def served_with_tenants() -> Iterator[Server]:
-    """``missionbound serve`` with the example tenants, on SQLite; stopped before the
-    database is removed."""
-    with fresh_database_url("sqlite") as url, \
-            tempfile.TemporaryDirectory(prefix="mb-bench-authzen-") as folder:
-        base = f"http://127.0.0.1:{free_port()}"
-        environment = {name: value for name, value in os.environ.items()
-                       if not name.upper().startswith("MISSIONBOUND_")}
-        environment["MISSIONBOUND_DATA_DIR"] = folder
-        command = [sys.executable, "-m", "missionbound", "serve", "--host", "127.0.0.1",
-                   "--port", base.rsplit(":", 1)[1], "--issuer", base, "--database-url", url]
-        for name, tenant in TENANTS.items():
-            command += ["--pdp-tenant", f"{name}={tenant}"]
-        stderr_path = Path(folder) / "stderr.log"
-        with open(Path(folder) / "stdout.log", "wb") as out, open(stderr_path, "wb") as err:
-            process = subprocess.Popen(command, env=environment, stdout=out, stderr=err,
-                                       stdin=subprocess.DEVNULL)
-        try:
-            _wait_until_healthy(base, process, stderr_path)
-            yield Server(base, process.pid)
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=SERVER_STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=SERVER_STOP_TIMEOUT)
+def served_with_tenants() -> contextlib.AbstractContextManager[Server]:
+    """``missionbound serve`` with the example tenants, on SQLite (tenant decisions read no
+    database); stopped before the database is removed."""
+    tenants = [arg for name, tenant in TENANTS.items()
+               for arg in ("--pdp-tenant", f"{name}={tenant}")]
+    return served("sqlite", *tenants)
 
 
 def _todo_cases() -> list[tuple[bytes, Any]]:

@@ -452,9 +452,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def served(backend: str) -> Iterator[Server]:
-    """``missionbound serve`` on 127.0.0.1 over a fresh database. The server is stopped
-    before the database is removed."""
+def served(backend: str, *extra_args: str) -> Iterator[Server]:
+    """``missionbound serve`` on 127.0.0.1 over a fresh database, with ``extra_args`` added
+    to its command line. The server is stopped before the database is removed."""
     with fresh_database_url(backend) as url, \
             tempfile.TemporaryDirectory(prefix="mb-bench-serve-") as folder:
         base = f"http://127.0.0.1:{free_port()}"
@@ -462,7 +462,8 @@ def served(backend: str) -> Iterator[Server]:
                        if not name.upper().startswith("MISSIONBOUND_")}
         environment["MISSIONBOUND_DATA_DIR"] = folder
         command = [sys.executable, "-m", "missionbound", "serve", "--host", "127.0.0.1",
-                   "--port", base.rsplit(":", 1)[1], "--issuer", base, "--database-url", url]
+                   "--port", base.rsplit(":", 1)[1], "--issuer", base, "--database-url", url,
+                   *extra_args]
         stderr_path = Path(folder) / "stderr.log"
         with open(Path(folder) / "stdout.log", "wb") as out, open(stderr_path, "wb") as err:
             process = subprocess.Popen(command, env=environment, stdout=out, stderr=err,
