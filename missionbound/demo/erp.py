@@ -57,6 +57,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
+from missionbound.demo.invoices import INVOICES  # the demo invoices, shared with payments_mcp
 from missionbound.enforce.rs import (
     DEFAULT_STALENESS_SECONDS,
     MISSING,
@@ -81,16 +82,6 @@ PUSH_PATH = "/ssf/events"  # where the AS pushes lifecycle events, under the app
 PUSH_METHOD = "urn:ietf:rfc:8935"  # SSF delivery method: RFC 8935 push
 STREAM_DESCRIPTION = "demo ERP API"  # marks this API's stream among demo-rs's
 
-# The demo invoices (DESIGN.md "The demo tenant"). Amounts are decimal strings, never floats.
-INVOICES: dict[str, dict[str, str]] = {
-    invoice["invoice_id"]: invoice for invoice in (
-        {"invoice_id": "inv-acme-1", "vendor": "acme", "amount": "120.00", "currency": "USD"},
-        {"invoice_id": "inv-acme-2", "vendor": "acme", "amount": "499.00", "currency": "USD"},
-        {"invoice_id": "inv-acme-big", "vendor": "acme", "amount": "900.00", "currency": "USD"},
-        {"invoice_id": "inv-globex-1", "vendor": "globex", "amount": "200.00",
-         "currency": "USD"},
-    )
-}
 _AMOUNT = re.compile(r"(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?")
 _CURRENCY = re.compile(r"[A-Z]{3}")  # ISO 4217 alphabetic code
 

@@ -32,7 +32,7 @@ def responses(results: Sequence[httpx.Response | BaseException]) -> list[httpx.R
     """Every thread got an HTTP answer, none of them a server error."""
     failures = [r for r in results if isinstance(r, BaseException)]
     assert not failures, f"{len(failures)} threads failed, first: {failures[:1]!r}"
-    answered = [r for r in results if isinstance(r, httpx.Response)]
+    answered = [r for r in results if not isinstance(r, BaseException)]
     assert all(r.status_code < 500 for r in answered), [r.text for r in answered
                                                         if r.status_code >= 500][:1]
     return answered

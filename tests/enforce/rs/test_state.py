@@ -444,7 +444,7 @@ def test_with_a_receiver_a_revocation_is_refused_at_once(
     stream_id = streams.poll(DEMO_RS)["stream_id"]
     book = MissionStateBook()
     poller = SignalPoller(receiver(flow, book), poll_url=f"{ISSUER}/ssf/poll?stream_id="
-                          f"{stream_id}", auth=httpx.BasicAuth(*DEMO_RS), client=flow.client)
+                          f"{stream_id}", auth=DEMO_RS, client=flow.client)
     view = MissionStateView(status_source(flow, network, clock),
                             staleness_seconds=STALENESS, book=book, clock=clock)
     mission_id = active_mission(flow)
