@@ -54,6 +54,7 @@ from missionbound.protocol.permits import (
     PermitRefused,
     verify_permit_jwt,
 )
+from missionbound.protocol.tool_manifest import tool_id
 
 log = structlog.get_logger("missionbound.enforce.local")
 
@@ -210,7 +211,8 @@ class LocalToolRunner:
         effective = _digest_or_none(frozen)
         now = self.__clock()
         try:
-            claims = self.__verifier(permit, audience=self.audience, tool_id=name,
+            claims = self.__verifier(permit, audience=self.audience,
+                                     tool_id=tool_id(self.audience, name),
                                      arguments=frozen, presenter_jkt=self.__presenter_jkt,
                                      now=now)
         except PermitRefused as refused:
@@ -250,7 +252,8 @@ class LocalToolRunner:
             mission_id=facts.mission.id, evaluation_id=facts.evaluation_id,
             audience=self.audience, authorized_parameter_digest=facts.parameter_digest,
             effective_parameter_digest=effective, outcome=outcome, error=error,
-            emitter_id=self.emitter_id, now=now or self.__clock(), tool_id=tool)
+            emitter_id=self.emitter_id, now=now or self.__clock(),
+            tool_id=tool_id(self.audience, tool))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,12 @@ from missionbound.mission.errors import ConcurrentModification, InvalidState, Mi
 from missionbound.mission.intent import validate_intent
 from missionbound.mission.lifecycle import Event, Role
 from missionbound.mission.record import MissionRecord, Principal, format_instant
-from missionbound.runtime.approval import approve_with_policy
+from missionbound.protocol.tool_manifest import ToolDefinitionsUnavailable
+from missionbound.runtime.approval import (
+    ToolDefinitions,
+    approve_with_policy,
+    read_tool_definitions,
+)
 from missionbound.runtime.compiler import PolicyCompileError
 from missionbound.store import missions
 from missionbound.store.codes import save_authorization_code
@@ -301,6 +306,8 @@ def decide(
     if now - rendered_at > timedelta(seconds=issuer.settings.consent_window_seconds):
         raise AuthorizationPageError("the consent page is too old: reload it")
     redirect_uri = str(pending.params["redirect_uri"])
+    tool_definitions = (_tool_definitions(issuer, pending, redirect_uri)
+                        if decision == "approve" else {})
     consume_pushed_request(session, pending.request_uri, client_id=pending.client.client_id,
                            now=now)
     approver_principal = Principal(issuer.issuer, approver.username)
@@ -333,7 +340,7 @@ def decide(
             subject=subject, approval_event_id=disclosure_id, anchors=anchors,
             consent_disclosure=disclosure, now=now,
             resource_policies=issuer.settings.pdp_resource_policies,
-            lifecycle_policy=issuer.lifecycle_policy,
+            lifecycle_policy=issuer.lifecycle_policy, tool_definitions=tool_definitions,
         )
     except PolicyCompileError as refused:
         # Fail closed: a Mission that does not compile is not approved, nothing written.
@@ -363,6 +370,23 @@ def decide(
     )
     return authorization_response(redirect_uri, {"code": code, "state": _state(pending)},
                                   issuer.issuer)
+
+
+def _tool_definitions(issuer: MissionIssuer, pending: _Pending,
+                      redirect_uri: str) -> ToolDefinitions:
+    """The granted tools' definitions (runtime-digest 5.8), read before this transaction
+    writes anything, so a slow tool server holds no write lock (the remote source's read is
+    bounded by its timeout). Unreadable: the approval fails closed, nothing written, and the
+    client hears temporarily_unavailable (RFC 6749 section 4.1.2.1): approving again later
+    may succeed, and the pushed request is still unspent."""
+    try:
+        return read_tool_definitions(issuer.tool_definitions, pending.mission.authority_set)
+    except ToolDefinitionsUnavailable as unavailable:
+        raise ApprovalFailed(authorization_response(
+            redirect_uri, {"error": "temporarily_unavailable", "state": _state(pending),
+                           "error_description": "the definitions of the Mission's tools "
+                           "could not be read: try again later"},
+            issuer.issuer)) from unavailable
 
 
 def _state(pending: _Pending) -> str | None:

@@ -36,6 +36,7 @@ from missionbound.issuer.token_exchange import (
 from missionbound.mission.errors import MissionError
 from missionbound.mission.lifecycle import LifecyclePolicy
 from missionbound.protocol.dpop_nonces import issue_nonce
+from missionbound.protocol.tool_manifest import ToolDefinitionSource
 from missionbound.store import missions
 from missionbound.store.mission_cache import MissionStateCache
 from missionbound.store.missions import mission_exists
@@ -175,6 +176,9 @@ class MissionIssuer(AuthorizationServer):  # type: ignore[misc]
         )
         # Introspection's Mission state cache; create_app sets it (store/mission_cache.py).
         self.mission_cache: MissionStateCache | None = None
+        # Where approval reads the tool definitions it binds granted tools to (runtime/
+        # approval.py, runtime-digest 5.8); the app sets it. None: no tool is bound.
+        self.tool_definitions: ToolDefinitionSource | None = None
         self._signer: tuple[float, SignerKey] | None = None
         self._signer_lock = threading.Lock()
         self._secrets: dict[str, bytes] = {}

@@ -17,6 +17,13 @@ actions as ``Action`` entities. Cedar decides *which entries grant this action h
 constraints of those entries are then checked in Python (runtime/decision.py) with exact
 decimals: Cedar's ``decimal`` holds only four fractional digits, while Mission amounts may
 carry up to eighteen (mission/constraints.py ``DECIMAL``).
+
+Tool-manifest binding (runtime-digest 5.8): when approval read the tool definitions of a
+granted resource (``tool_definitions``), ``policy_ir.capability_bindings`` records, per
+resource and granted tool, ``{"tool_id", "source_digest"}`` (``source_digest`` null when the
+tool server did not list the tool), so ``policy_version`` covers them. The member is present
+only when something was recorded: a Mission without bound resources compiles byte for byte
+as before.
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ from missionbound.mission.catalog import ACTION_NAME, ActionClass, Catalog
 from missionbound.mission.constraints import ConstraintRegistry
 from missionbound.mission.errors import InvalidRequest
 from missionbound.mission.record import MissionRecord
+from missionbound.protocol.tool_manifest import (
+    ToolDefinitionError,
+    tool_definition_digest,
+    tool_id,
+)
 from missionbound.runtime.classification import Classified, classify
 from missionbound.runtime.digests import DigestError, entry_digest
 
@@ -181,18 +193,47 @@ def _mission_bounds(record: MissionRecord) -> dict[str, Any]:
     return {key: context[key] for key in sorted(METERED) if key in context}
 
 
+def _capability_bindings(
+    entries: list[dict[str, Any]],
+    tool_definitions: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> dict[str, dict[str, dict[str, str | None]]]:
+    """resource -> granted tool -> ``{"tool_id", "source_digest"}`` for every supported
+    entry whose resource has definitions. A granted tool the server does not list is
+    recorded with ``source_digest`` None: it is bound, and refuses until re-approval."""
+    bindings: dict[str, dict[str, dict[str, str | None]]] = {}
+    for ir in entries:
+        if not ir["supported"]:
+            continue
+        resource = ir["resource"]
+        listed = tool_definitions.get(resource)
+        if listed is None:
+            continue
+        for action in ir["actions"]:
+            definition = listed.get(action)
+            try:
+                digest = None if definition is None else tool_definition_digest(definition)
+            except ToolDefinitionError as exc:
+                raise PolicyCompileError(f"tool {action!r} at {resource}: {exc}") from None
+            bindings.setdefault(resource, {})[action] = {
+                "tool_id": tool_id(resource, action), "source_digest": digest}
+    return {uri: dict(sorted(tools.items())) for uri, tools in sorted(bindings.items())}
+
+
 def compile_policy(
     record: MissionRecord,
     catalog: Catalog,
     *,
     resource_policies: Mapping[str, str] | None = None,
     class_floors: Mapping[str, Mapping[str, str]] | None = None,
+    tool_definitions: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> PolicyArtifact:
     """Compile an approved Mission. ``resource_policies`` maps a resource URI to the
     resource-policy tenant guarding it; ``class_floors`` maps a resource URI to its
-    ``mission_action_class_floors`` (default: the catalog's ``class_floors`` per resource).
-    Only the resources the Authority Set names enter the manifest, so configuration for other
-    resources never changes this Mission's version."""
+    ``mission_action_class_floors`` (default: the catalog's ``class_floors`` per resource);
+    ``tool_definitions`` maps a tool server's resource URI to its tools as ``tools/list``
+    showed them at approval (tool name -> definition object), binding each granted tool to
+    its definition's digest. Only the resources the Authority Set names enter the manifest,
+    so configuration for other resources never changes this Mission's version."""
     if record.authority_hash is None:
         raise PolicyCompileError("the Mission is not approved: it has no authority_hash")
     try:
@@ -251,6 +292,7 @@ def compile_policy(
                  for name in sorted(actions)]
     check_cedar(policies, schema)
     references = resource_policies or {}
+    bindings = _capability_bindings(ir_entries, tool_definitions or {})
     manifest: dict[str, Any] = {
         "mission_id": record.mission_id,
         "issuer": record.origin,
@@ -269,6 +311,9 @@ def compile_policy(
         "artifact": {"digest": _sources_digest(policies, schema, entities),
                      "encoding": ARTIFACT_ENCODING},
     }
+    if bindings:
+        # Only when recorded: Missions without bound tools keep their policy_version.
+        manifest["policy_ir"]["capability_bindings"] = bindings
     return PolicyArtifact(
         mission_id=record.mission_id,
         policy_version=policy_version_of(record.origin, manifest),
@@ -301,6 +346,15 @@ class CompiledAction:
     bindings: Mapping[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class CapabilityBinding:
+    """A granted tool bound at approval to the digest of its definition (None: the tool
+    server did not list it then)."""
+
+    tool_id: str
+    source_digest: str | None
+
+
 @dataclass(frozen=True)
 class CompiledEntry:
     index: int
@@ -329,6 +383,8 @@ class CompiledPolicy:
     resource_policies: Mapping[str, str]
     purpose: str | None
     mission_bounds: Mapping[str, Any]  # metered bounds of mission_intent.context
+    # resource -> tool name -> binding; empty when approval bound no tool
+    capability_bindings: Mapping[str, Mapping[str, CapabilityBinding]]
     _by_policy_id: Mapping[str, CompiledEntry] = field(repr=False)
     _principal: Mapping[str, str] = field(repr=False)
 
@@ -345,6 +401,10 @@ class CompiledPolicy:
         # An id Cedar names that the index does not know cannot grant (fail closed).
         found = [by_id[pid] for pid in result.diagnostics.reasons if pid in by_id]
         return sorted(found, key=lambda entry: entry.index)
+
+    def capability_binding(self, audience: str, action: str) -> CapabilityBinding | None:
+        """The binding approval recorded for tool ``action`` at ``audience``, if any."""
+        return self.capability_bindings.get(audience, {}).get(action)
 
 
 def load_policy(artifact: PolicyArtifact) -> CompiledPolicy:
@@ -391,12 +451,28 @@ def load_policy(artifact: PolicyArtifact) -> CompiledPolicy:
             resource_policies=dict(ir["resource_policies"]),
             purpose=ir.get("purpose"),
             mission_bounds=dict(ir["mission_bounds"]),
+            capability_bindings=_load_bindings(ir.get("capability_bindings", {})),
             # Cedar names policies policy0, policy1, ... in text order: one per supported entry.
             _by_policy_id={f"policy{i}": entry for i, entry in enumerate(compiled)},
             _principal=principal,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PolicyCompileError(f"policy artifact does not load: {exc}") from None
+
+
+def _load_bindings(raw: Any) -> dict[str, dict[str, CapabilityBinding]]:
+    if not isinstance(raw, dict):
+        raise TypeError("policy_ir.capability_bindings is not an object")
+    loaded: dict[str, dict[str, CapabilityBinding]] = {}
+    for resource, tools in raw.items():
+        if not isinstance(tools, dict):
+            raise TypeError(f"capability_bindings of {resource} is not an object")
+        for name, item in tools.items():
+            tool, digest = item["tool_id"], item["source_digest"]
+            if not isinstance(tool, str) or not (digest is None or isinstance(digest, str)):
+                raise TypeError(f"capability binding of {name} at {resource} is malformed")
+            loaded.setdefault(resource, {})[name] = CapabilityBinding(tool, digest)
+    return loaded
 
 
 # ---------------------------------------------------------------- cache

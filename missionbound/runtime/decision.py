@@ -150,6 +150,7 @@ def decide(
         _check_credential(mission, request, now)
         delegates = _check_actor(policy, mission, request)
         granting = _granting(policy, request, delegates)
+        _check_capability(policy, request)
         for entry in granting:
             compiled = entry.actions.get(request.action_name)
             if compiled is not None:
@@ -285,6 +286,31 @@ def _window(mission: MissionView, state: StateView, request: DecisionRequest, no
     if state.valid_through > now:  # a lease from a state source; == now: authoritative read
         ends.append(state.valid_through)
     return min(ends)
+
+
+# ---------------------------------------------------------------- which capability
+
+
+def _check_capability(policy: CompiledPolicy, request: DecisionRequest) -> None:
+    """Tool-manifest binding (runtime-digest 5.8, 4.2): whether the tool is bound, and to
+    which digest, comes from the policy view, never from the request. A bound tool needs the
+    PEP's ``context.capability_source`` naming it, with the digest of the definition the PEP
+    sees now equal to the one recorded at approval. Unbound: capability_source is ignored."""
+    binding = policy.capability_binding(request.audience, request.action_name)
+    if binding is None:
+        return
+    source = request.capability_source
+    if source is None:
+        raise _Deny(Reason.CAPABILITY_DRIFT, "the tool was bound to its definition at "
+                    "approval and context.capability_source is missing")
+    if source.tool_id != binding.tool_id:
+        raise _Deny(Reason.CAPABILITY_DRIFT, "context.capability_source.tool_id is not the "
+                    "approved tool")
+    if binding.source_digest is None:
+        raise _Deny(Reason.CAPABILITY_DRIFT, "the tool server did not list this tool at "
+                    "approval: re-approve over its definition")
+    if source.source_digest != binding.source_digest:
+        raise _Deny(Reason.CAPABILITY_DRIFT, "the tool's definition is not the one approved")
 
 
 # ---------------------------------------------------------------- what and how much

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from missionbound.audit.log import format_audit_instant
 from missionbound.issuer.keys import SignerKey
 from missionbound.mission.record import MissionRecord, format_instant
+from missionbound.protocol import tool_manifest
 from missionbound.runtime.decision import Charge, Decision
 from missionbound.runtime.digests import evaluation_request_digest
 from missionbound.runtime.evidence_format import (
@@ -41,7 +42,7 @@ from missionbound.runtime.evidence_format import (
     sign_record,
     verify_evidence_chain,
 )
-from missionbound.runtime.request import DecisionRequest
+from missionbound.runtime.request import MAX_TOOL_ID, DecisionRequest
 from missionbound.store import evidence as rows
 
 Outcome = Literal["completed", "failed", "suppressed"]
@@ -111,7 +112,7 @@ class EvidenceLog:
             "subject": _subject(request),
             "resource": {"type": request.resource_type, "id": request.resource_id},
             "action": {"name": request.action_name},
-            "tool_id": request.action_name,
+            "tool_id": tool_manifest.tool_id(request.audience, request.action_name),
             "audience": request.audience,
             "action_class": str(decision.action_class),
             "class_source": str(decision.class_source),
@@ -254,7 +255,7 @@ class EvidenceLog:
                 if member in decided:
                     record[member] = decided[member]
         if tool_id is not None:
-            _check_text(tool_id, "tool_id", 255)
+            _check_text(tool_id, "tool_id", MAX_TOOL_ID)
             record["tool_id"] = tool_id
         if outcome != "suppressed" and authorized_parameter_digest != effective_parameter_digest:
             # Section 5.3: a deviation recorded as completed or failed stays a valid

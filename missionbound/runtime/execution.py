@@ -50,6 +50,7 @@ from missionbound.runtime import metering
 from missionbound.runtime.errors import AuthZenError, MalformedRequest
 from missionbound.runtime.evidence import EvidenceLog, Outcome
 from missionbound.runtime.pdp import PepCaller
+from missionbound.runtime.request import MAX_TOOL_ID
 from missionbound.store import runtime as runtime_rows
 from missionbound.store.models import EvidenceRecord, MeterReservation, SingleUseId
 from missionbound.store.runtime import PERMIT_NAMESPACE
@@ -72,7 +73,6 @@ REPORT_MEMBERS: Final = frozenset({"evaluation_id", "outcome", "error",
                                    "tool_id"})
 MAX_EVALUATION_ID: Final = 255
 MAX_DIGEST: Final = 128
-MAX_TOOL_ID: Final = 255
 LOCAL_EMITTER_ROLE: Final = "executor"
 # The single-use namespace marking that a permit's final disposition is recorded (a refusal
 # that settled it is otherwise told from a refused attempt by nothing in its record), kept

@@ -44,6 +44,7 @@ from missionbound.mission.errors import InvalidState
 from missionbound.mission.lifecycle import State, effective_state
 from missionbound.mission.record import MISSION_ID, MissionRecord, format_instant
 from missionbound.protocol.jose_segments import b64url_decode
+from missionbound.protocol.tool_manifest import tool_id
 from missionbound.runtime import idempotency, metering, mission_search
 from missionbound.runtime.authzen import run_batch
 from missionbound.runtime.classification import classify, is_gated
@@ -332,7 +333,8 @@ class MissionPDP:
             evaluation_id=evaluation_id,
             mission={"id": record.mission_id, "origin": record.origin,
                      "authority_hash": record.authority_hash or ""},
-            policy_version=policy.policy_version, tool_id=request.action_name,
+            policy_version=policy.policy_version,
+            tool_id=tool_id(request.audience, request.action_name),
             action=request.action_name, parameter_digest=decision.parameter_digest,
             subject=request.subject_id, client_id=_client_id(request, record),
             act=_nested_act(request.act), jkt=jkt if isinstance(jkt, str) else None,

@@ -9,7 +9,10 @@ The envelope binding: ``subject`` is the token's ``sub`` (never the agent);
 (``id``, ``issuer``, ``authority_hash``, optional ``policy_version``) and never its state;
 ``context.mission_state_observation`` is the PEP's optional state observation (a floor, never
 a substitute); ``context.actor`` is ``client_id`` and the ``act`` chain root -> leaf;
-``context.credential`` is ``issuer``, ``expires_at`` (RFC 3339), ``confirmation``.
+``context.credential`` is ``issuer``, ``expires_at`` (RFC 3339), ``confirmation``;
+``context.capability_source`` is the tool the PEP is about to invoke and the digest of its
+definition as the PEP sees it (runtime-digest 5.8; read only where approval recorded a
+binding, but checked for shape on every request).
 
 Reading is strict about what it uses: a missing required member or a member of the wrong type
 is :class:`~missionbound.runtime.errors.MalformedRequest` (HTTP 400) naming the member.
@@ -26,6 +29,7 @@ from typing import Any
 
 from missionbound.mission.errors import InvalidRequest
 from missionbound.mission.intent import parse_instant
+from missionbound.protocol.tool_manifest import CapabilitySource
 from missionbound.runtime.errors import MalformedRequest, MissionContextMissing
 
 ACT_MEMBERS = frozenset({"sub", "iss"})
@@ -36,6 +40,8 @@ MAX_TEXT = 1024
 MAX_NAME = 255
 MAX_URI = 2048
 MAX_DIGEST = 128
+# A tool id is the Mission resource URI, "#", the tool name (protocol/tool_manifest.py).
+MAX_TOOL_ID = MAX_URI + 1 + MAX_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,7 @@ class DecisionRequest:
     credential_issuer: str | None = None
     credential_expires_at: datetime | None = None
     confirmation: dict[str, Any] | None = None
+    capability_source: CapabilitySource | None = None
 
 
 def _object(parent: Mapping[str, Any], key: str, where: str, *,
@@ -139,6 +146,21 @@ def _required_instant(parent: Mapping[str, Any], key: str, where: str) -> dateti
     return value
 
 
+def _capability_source(context: Mapping[str, Any]) -> CapabilitySource | None:
+    source = _object(context, "capability_source", "context.", required=False)
+    if source is None:
+        return None
+    where = "context.capability_source."
+    return CapabilitySource(
+        tool_id=_need_text(source, "tool_id", where, max_length=MAX_TOOL_ID),
+        source_digest=_text(source, "source_digest", where, required=False,
+                            max_length=MAX_DIGEST),
+        source_uri=_text(source, "source_uri", where, required=False, max_length=MAX_URI),
+        operation_ref=_text(source, "operation_ref", where, required=False,
+                            max_length=MAX_NAME),
+    )
+
+
 def request_from_authzen(body: Any) -> DecisionRequest:
     """Read one AuthZEN evaluation request (after batch defaults are merged, if any)."""
     if not isinstance(body, dict):
@@ -198,4 +220,5 @@ def request_from_authzen(body: Any) -> DecisionRequest:
                                                 "context.credential."),
         confirmation=_object(credential, "confirmation", "context.credential.",
                              required=False),
+        capability_source=_capability_source(context),
     )

@@ -26,6 +26,7 @@ from missionbound.issuer.keys import ensure_signing_key, public_jwks, signing_ke
 from missionbound.mission.canonical import digest_json
 from missionbound.mission.catalog import ActionClass
 from missionbound.mission.record import MissionRecord
+from missionbound.protocol import tool_manifest
 from missionbound.protocol.jwks import StaticKeys
 from missionbound.runtime.decision import Decision
 from missionbound.runtime.evidence import EvidenceLog
@@ -67,8 +68,9 @@ def mint(store: Store, mission: MissionRecord, *, now: datetime, tool_id: str = 
          arguments: Mapping[str, Any] = WIRE_ARGUMENTS, jkt: str | None = None,
          audience: str = TOOLS, lifetime: timedelta = timedelta(seconds=60),
          evaluation_id: str | None = None, signer_now: datetime | None = None) -> str:
-    """A permit for ``tool_id`` over ``arguments``, signed with the AS's current key, and
-    its decision recorded as the PDP records a permit (Decision Evidence)."""
+    """A permit for the tool named ``tool_id`` over ``arguments`` (its ``tool_id`` claim is
+    ``<audience>#<name>``, as the PDP mints it), signed with the AS's current key, and its
+    decision recorded as the PDP records a permit (Decision Evidence)."""
     assert mission.authority_hash is not None and mission.subject is not None
     evaluation_id = evaluation_id or "dec_" + secrets.token_urlsafe(16)
     digest = digest_json(dict(arguments))
@@ -77,7 +79,8 @@ def mint(store: Store, mission: MissionRecord, *, now: datetime, tool_id: str = 
         evaluation_id=evaluation_id,
         mission={"id": mission.mission_id, "origin": mission.origin,
                  "authority_hash": mission.authority_hash},
-        policy_version=mission.policy_version, tool_id=tool_id, action=tool_id,
+        policy_version=mission.policy_version, tool_id=tool_manifest.tool_id(audience, tool_id),
+        action=tool_id,
         parameter_digest=digest, subject=mission.subject.sub,
         client_id=mission.client_id, act=None, jkt=jkt, use_limit=1, now=now,
         valid_until=now + lifetime)

@@ -273,7 +273,7 @@ def test_a_permit_not_signed_by_the_pdp_runs_nothing_and_names_no_mission(
         signer=signer, issuer=ISSUER, audience=TOOLS, evaluation_id="dec_forged",
         mission={"id": mission.mission_id, "origin": mission.origin,
                  "authority_hash": mission.authority_hash},
-        policy_version="p", tool_id=WIRE, action=WIRE,
+        policy_version="p", tool_id=f"{TOOLS}#{WIRE}", action=WIRE,
         parameter_digest=digest_json(WIRE_ARGUMENTS), subject="alice",
         client_id="demo-agent", act=None, jkt=None, use_limit=1, now=NOW,
         valid_until=NOW + timedelta(seconds=60))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from missionbound.runtime.approval import read_tool_definitions
 from missionbound.runtime.compiler import PolicyArtifact, compile_policy
 from missionbound.store.runtime import load_policy_artifact
 from tests.issuer.flow import ERP, Flow, audit_verifies
@@ -30,12 +31,15 @@ def test_the_approved_policy_version_is_the_compiled_artifacts(flow: Flow) -> No
     artifact = stored_artifact(flow, approved.mission_id, approved.policy_version)
     assert artifact.policy_version == approved.policy_version
     assert artifact.manifest["authority_hash"] == approved.authority_hash
-    # Recompiling what was approved (the record as it stood, with its anchors) gives the
-    # same artifact: the stored version commits to the Authority Set and the catalog.
+    # Recompiling what was approved (the record as it stood, with its anchors, and the tool
+    # definitions approval bound) gives the same artifact: the stored version commits to the
+    # Authority Set, the catalog and the granted tools' definitions.
     recompiled = compile_policy(
         dataclasses.replace(pending, authority_hash=approved.authority_hash),
         flow.issuer.tenant.catalog,
-        resource_policies=flow.issuer.settings.pdp_resource_policies)
+        resource_policies=flow.issuer.settings.pdp_resource_policies,
+        tool_definitions=read_tool_definitions(flow.issuer.tool_definitions,
+                                               pending.authority_set))
     assert recompiled == artifact
     audit_verifies(flow.engine)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from missionbound.mission.record import MissionRecord
+from missionbound.protocol.tool_manifest import CapabilitySource
 from missionbound.runtime.digests import parameter_digest
 from tests.runtime.table_support import (
     ADMIN,
@@ -107,6 +108,28 @@ DELEGATED = {"context.actor": {"client_id": SUBAGENT, "act": [{"sub": SUBAGENT, 
 HOLDS = 'permit(principal, action, resource);\nforbid(principal, action, resource) when ' \
         '{ resource == invoice::"inv-frozen" };\n'
 GUARDED = {"resource_policies": {ERP: "erp-holds"}}
+
+
+# Tool-manifest binding (runtime-digest 5.8): tool definitions read at approval, compiled in
+# as ``compile={"tool_definitions": ...}`` (the HTTP runner approves with them).
+def _tool(name: str, *required: str) -> dict[str, Any]:
+    return {"name": name, "description": f"the {name} tool", "inputSchema": {
+        "type": "object", "properties": {key: {"type": "string"} for key in required},
+        "required": list(required)}}
+
+
+WIRE_TOOL = _tool("execute_wire_transfer", *WIRE)
+SCHEDULE_TOOL = _tool("schedule_payment", *SCHEDULE)
+# schedule_payment is granted but not listed: bound with no digest.
+BOUND = {"tool_definitions": {MCP: {"execute_wire_transfer": WIRE_TOOL,
+                                    "get_invoice": _tool("get_invoice", "invoice_id")}}}
+BOUND_ALL = {"tool_definitions": {MCP: {"execute_wire_transfer": WIRE_TOOL,
+                                        "schedule_payment": SCHEDULE_TOOL}}}
+
+
+def _source(name: str, definition: dict[str, Any], resource: str = MCP) -> dict[str, Any]:
+    return {"context.capability_source": CapabilitySource.for_tool(
+        resource, name, definition).to_json()}
 
 
 def _journal(amount: Any, currency: Any = "USD") -> dict[str, Any]:
@@ -355,6 +378,27 @@ CASES: tuple[TableCase, ...] = (
           needs=RP),
     _case("resource-policy-other-audience", True, **WS, parameters=SCHEDULE, compile=GUARDED,
           needs=RP),
+    # ---- tool-manifest binding (capability_drift)
+    _case("capability-bound-permit", True, **WW, parameters=WIRE, compile=BOUND,
+          request=_source("execute_wire_transfer", WIRE_TOOL), expect={"use_limit": 1}),
+    _case("capability-definition-changed", False, "capability_drift", **WW, parameters=WIRE,
+          compile=BOUND, request=_source("execute_wire_transfer",
+                                         {**WIRE_TOOL, "description": "pay twice"})),
+    _case("capability-source-missing", False, "capability_drift", **WW, parameters=WIRE,
+          compile=BOUND),
+    _case("capability-source-without-digest", False, "capability_drift", **WW,
+          parameters=WIRE, compile=BOUND, request={"context.capability_source": {
+              "tool_id": f"{MCP}#execute_wire_transfer"}}),
+    _case("capability-other-tool-id", False, "capability_drift", **WW, parameters=WIRE,
+          compile=BOUND, request=_source("get_invoice", WIRE_TOOL)),
+    _case("capability-not-listed-at-approval", False, "capability_drift", **WS,
+          parameters=SCHEDULE, compile=BOUND, request=_source("schedule_payment",
+                                                              SCHEDULE_TOOL)),
+    _case("capability-listed-permit", True, **WS, parameters=SCHEDULE, compile=BOUND_ALL,
+          request=_source("schedule_payment", SCHEDULE_TOOL)),
+    _case("capability-unbound-ignores-source", True, **WW, parameters=WIRE,
+          request=_source("get_invoice", {"name": "anything"})),
+    _case("capability-unbound-resource", True, **WJ, parameters=JOURNAL, compile=BOUND),
     # ---- precedence: two failures, the earlier check's reason
     _case("prec-view-before-state", False, VI, state={"state": "revoked"}, needs=SI,
           request={"context.mission.authority_hash": "sha-256:" + "C" * 43}),
@@ -369,6 +413,10 @@ CASES: tuple[TableCase, ...] = (
           request={"context.actor.client_id": "someone-else"}),
     _case("prec-authority-before-digest", False, OOA, action="execute_wire_transfer",
           audience="erp", digest=None),
+    _case("prec-authority-before-drift", False, OOA, action="delete_invoice", audience="mcp",
+          compile=BOUND),
+    _case("prec-drift-before-digest", False, "capability_drift", **WW, parameters=WIRE,
+          digest=None, compile=BOUND),
     _case("prec-digest-before-constraints", False, PV, **WJ, parameters=_journal("1.00"),
           digest=None, authority=_with(1, **{"x-risk-score": ["low"]}),
           expect={"keys": ("parameter_digest",)}),

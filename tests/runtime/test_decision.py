@@ -104,7 +104,7 @@ def test_precedence_is_the_documented_order() -> None:
     assert [r.value for r in PRECEDENCE] == [
         "view_inconsistent", "mission_inactive", "stale_state", "credential_invalid",
         "actor_invalid", "unsupported_authorization_type", "out_of_authority",
-        "parameter_violation", "constraint_unsupported", "resource_policy",
+        "capability_drift", "parameter_violation", "constraint_unsupported", "resource_policy",
         "duplicate_suppressed", "idempotency_conflict", "quota_exceeded"]
 
 

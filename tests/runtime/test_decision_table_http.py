@@ -124,7 +124,8 @@ def _mission(case: TableCase, served: Served) -> MissionRecord:
         resources[uri] = replace(resources[uri], class_floors=dict(floors))
         catalog = replace(catalog, resources=resources)
     approved = approve_with_artifact(served.store, record, catalog,
-                                     resource_policies=resource_policies)
+                                     resource_policies=resource_policies,
+                                     tool_definitions=case.compile.get("tool_definitions"))
     with served.store.begin() as session:
         for event in LIFECYCLE.get(wanted, []):
             transition(session, approved.mission_id, event, roles={Role.ADMIN},

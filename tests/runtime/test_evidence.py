@@ -145,7 +145,7 @@ def test_decision_evidence_of_a_permit_carries_the_join_keys(
         "policy_version": mission.policy_version, "policy_view_id": mission.policy_version}
     assert record["decision"] == "permit" and "denial_reason" not in record
     assert record["action"] == {"name": "execute_wire_transfer"}
-    assert record["tool_id"] == "execute_wire_transfer"
+    assert record["tool_id"] == f"{MCP}#execute_wire_transfer"
     assert record["actor"] == {"client_id": "demo-agent", "act": [
         {"sub": "demo-agent", "iss": ISSUER}, {"sub": "demo-subagent"}]}
     assert record["subject"] == {"type": "user", "id": "alice", "iss": ISSUER}
@@ -235,7 +235,7 @@ def test_execution_evidence_joins_its_decision_and_flags_a_deviation(
     assert done["execution_id"].startswith("exe_")
     assert done["mission"] == decision["mission"] and done["mission_id"] == mission.mission_id
     assert done["actor"] == decision["actor"] and done["action"] == decision["action"]
-    assert done["tool_id"] == "execute_wire_transfer"
+    assert done["tool_id"] == f"{MCP}#execute_wire_transfer"
     assert done["outcome"] == "completed" and "unauthorized_execution" not in done
     assert suppressed["error"] == "parameter_mismatch"
     assert "unauthorized_execution" not in suppressed

@@ -124,7 +124,7 @@ def test_a_completed_execution_is_recorded_once_and_commits_the_reservation(
     assert record["effective_parameter_digest"] == digest
     assert "unauthorized_execution" not in record
     assert record["emitter"] == {"id": "demo-rs", "role": "pep"}
-    assert record["tool_id"] == "execute_wire_transfer"
+    assert record["tool_id"] == f"{MCP}#execute_wire_transfer"
     assert reservations(store, evaluation_id) == {"max_calls": ("committed", "1"),
                                                   "max_total_value": ("committed", "120.00")}
     assert spent(store, evaluation_id)  # no runtime can run the permit after its execution

@@ -69,7 +69,8 @@ def pending_of(record: MissionRecord) -> MissionRecord:
 
 def approve_with_artifact(store: Store, record: MissionRecord, catalog: Catalog, *,
                           resource_policies: dict[str, str] | None = None,
-                          now: datetime | None = None) -> MissionRecord:
+                          now: datetime | None = None,
+                          tool_definitions: Any = None) -> MissionRecord:
     """Store ``record`` pending and approve it the way ``issuer.authorization.decide`` does
     (runtime/approval.py: the artifact compiled, approved with its digest, stored)."""
     pending = pending_of(record)
@@ -87,7 +88,7 @@ def approve_with_artifact(store: Store, record: MissionRecord, catalog: Catalog,
             session, pending, catalog, approver=BOB,
             approval_event_id="ape_" + pending.mission_id[4:40], anchors=anchors,
             consent_disclosure=disclosure, now=approved_at,
-            resource_policies=resource_policies or {})
+            resource_policies=resource_policies or {}, tool_definitions=tool_definitions)
     return result.record
 
 
