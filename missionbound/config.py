@@ -183,8 +183,9 @@ class Settings(BaseSettings):
     )
     demo_erp_staleness_seconds: float = Field(
         default=5.0, ge=0, le=3600, allow_inf_nan=False,
-        description="Demo tenant: the demo ERP API's published staleness bound (RS-C): the "
-        "longest it acts on a Mission state the AS told it earlier.",
+        description="Demo tenant: the published staleness bound (RS-C) of the demo ERP API "
+        "and the demo MCP gateway: the longest they act on a Mission state the AS told them "
+        "earlier.",
     )
     demo_erp_signals: bool = Field(
         default=True,

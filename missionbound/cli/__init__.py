@@ -15,6 +15,7 @@ import typer
 
 from missionbound.cli.audit import audit_app
 from missionbound.cli.db import db_app
+from missionbound.cli.gateway import gateway
 from missionbound.cli.keys import keys_app
 from missionbound.cli.missions import mission_app
 from missionbound.cli.serve import serve
@@ -28,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.command()(serve)
+app.command()(gateway)
 app.add_typer(db_app, name="db")
 app.add_typer(mission_app, name="mission")
 app.add_typer(audit_app, name="audit")

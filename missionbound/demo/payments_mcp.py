@@ -95,6 +95,10 @@ class Ledger:
     def __init__(self, path: Path | None = None) -> None:
         self._lock = threading.Lock()
         self._path = path
+        if path is not None:
+            # Like the SQLite file's folder (store/engine.py): a server on PostgreSQL may
+            # never have created its data folder.
+            path.parent.mkdir(parents=True, exist_ok=True)
         self._entries: list[LedgerEntry] = Ledger.read(path) if path is not None else []
 
     @staticmethod

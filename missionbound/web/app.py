@@ -26,14 +26,29 @@ from sqlalchemy import Engine
 
 from missionbound.config import Settings
 from missionbound.demo.erp import build_erp_app
-from missionbound.enforce.rs import add_metadata_route
+from missionbound.demo.payments_mcp import Ledger, build_payments_server
+from missionbound.enforce.mcp import (
+    InProcessToolDefinitions,
+    Upstream,
+    build_gateway_app,
+    mount_gateway,
+)
+from missionbound.enforce.rs import (
+    MissionGuard,
+    MissionStateView,
+    MissionStatusSource,
+    Tier,
+    TrustedIssuer,
+    add_metadata_route,
+)
 from missionbound.issuer.server import MissionIssuer
 from missionbound.issuer.signal_dispatcher import build_dispatcher
 from missionbound.issuer.trusted_origins import TrustedOrigins, attach_trusted_origins
 from missionbound.mission.lifecycle import LifecyclePolicy
+from missionbound.protocol.jwks import JwksCache
 from missionbound.runtime.evidence import EvidenceLog
 from missionbound.runtime.execution import ExecutionIntake
-from missionbound.runtime.pdp import MissionPDP
+from missionbound.runtime.pdp import MissionPDP, PepCaller
 from missionbound.runtime.tenants import load_tenants
 from missionbound.store.change_feed import ChangeFeed
 from missionbound.store.engine import create_engine_for
@@ -53,12 +68,16 @@ from missionbound.web import (
     ssf,
     token_management,
 )
+from missionbound.web.colocated_pdp import CoLocatedPdp
 from missionbound.web.errors import install_error_handlers
 from missionbound.web.expiry_sweep import sweep_periodically
 from missionbound.web.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
 from missionbound.web.pages import mount_static
 
 DEMO_ERP_PATH = "/demo/erp"
+DEMO_MCP_PATH = "/demo/mcp"
+# The demo payments server's ledger (what it actually executed), in the data directory.
+DEMO_PAYMENTS_LEDGER = "demo-payments-ledger.jsonl"
 DEMO_RS_CLIENT_ID = "demo-rs"  # the demo Resource Servers' credential (demo/tenant.toml)
 # Each call of the demo ERP to the AS (JWKS, Mission Status, stream API) is bounded by this.
 DEMO_ERP_HTTP_TIMEOUT = 5.0
@@ -156,8 +175,11 @@ def create_app(
     app.include_router(ssf.router)
     authzen.install(app)
     app.state.demo_erp = None
+    app.state.demo_mcp = None
+    app.state.demo_payments_ledger = None
     if erp_http is not None:
         _mount_demo_erp(app, settings, tenant, erp_http)
+        _mount_demo_mcp(app, settings, tenant, erp_http)
     mount_static(app)
     return app
 
@@ -195,6 +217,51 @@ def _mount_demo_erp(app: FastAPI, settings: Settings, tenant: Tenant,
     add_metadata_route(app, erp.state.guard)
     app.mount(DEMO_ERP_PATH, erp)
     app.state.demo_erp = erp
+
+
+def _mount_demo_mcp(app: FastAPI, settings: Settings, tenant: Tenant,
+                    http_client: httpx.Client) -> None:
+    """The Mission-aware MCP gateway at ``/demo/mcp`` (PROFILE.md section 13, docs/mcp.md)
+    in front of the demo payments MCP server, in process (no network hop, no port), whose
+    ledger is ``<data_dir>/demo-payments-ledger.jsonl`` (``app.state.demo_payments_ledger``).
+    Like the demo ERP it reaches this AS's JWKS (tokens and permits) and Mission Status over
+    ``http_client``; the Mission PDP and execution intake it asks in process, as ``demo-rs``
+    (web/colocated_pdp.py). The issuer reads the same
+    server's tool definitions at approval (tool-manifest binding), so a definition changed
+    since is ``capability_drift`` at the gateway."""
+    resource = settings.issuer + DEMO_MCP_PATH
+    secret = next(credential.secret for credential in demo_credentials()
+                  if credential.kind == "client" and credential.name == DEMO_RS_CLIENT_ID)
+    catalog_entry = tenant.catalog.resources.get(resource)
+    ledger = Ledger(settings.data_dir / DEMO_PAYMENTS_LEDGER)
+    server = build_payments_server(ledger)
+    as_keys = JwksCache(f"{settings.issuer}/jwks", client=http_client)
+    # RS-C before the PDP: a Mission the AS says is no longer active is refused for every
+    # request, tools/list included (runtime-digest 8.5 step 2), as the demo ERP does.
+    state = MissionStateView(
+        MissionStatusSource(
+            issuer=settings.issuer, status_endpoint=f"{settings.issuer}/mission/status",
+            keys=as_keys, audience=resource, client_id=DEMO_RS_CLIENT_ID,
+            client_secret=secret, client=http_client),
+        staleness_seconds=settings.demo_erp_staleness_seconds)
+    guard = MissionGuard(
+        resource=resource, issuers=[TrustedIssuer(settings.issuer, keys=as_keys)],
+        tier=Tier.RS_C, state=state,
+        labels=catalog_entry.labels if catalog_entry is not None else (),
+        dpop_required=True,  # sender-constrained tokens only (RFC 9449)
+        public_base_url=settings.issuer, resource_name="Demo payments tools (MCP gateway)")
+    # The PDP is this app's own: asked in process (no loopback HTTP hop on every call), as
+    # the demo-rs PEP credential, with the same checks and evidence as over AuthZEN.
+    caller = PepCaller(DEMO_RS_CLIENT_ID, tenant.clients[DEMO_RS_CLIENT_ID].audiences)
+    pdp = CoLocatedPdp(app.state.mission_pdp, app.state.execution_intake, caller,
+                       clock=app.state.issuer.clock)
+    gateway = build_gateway_app(resource=resource, upstream=Upstream(server), guard=guard,
+                                pdp=pdp, permit_keys=as_keys, permit_issuer=settings.issuer)
+    mount_gateway(app, DEMO_MCP_PATH, gateway)
+    app.state.demo_mcp = gateway
+    app.state.demo_payments_server = server
+    app.state.demo_payments_ledger = ledger
+    app.state.issuer.tool_definitions = InProcessToolDefinitions({resource: server})
 
 
 def _resource_as_app(settings: Settings, tenant: Tenant, db: Engine, owns_engine: bool,

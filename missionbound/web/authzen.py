@@ -117,7 +117,7 @@ def _mission_pdp(request: Request) -> MissionPDP:
     return pdp
 
 
-def _check_audience(body: dict[str, Any], caller: PepCaller, where: str = "") -> None:
+def check_audience(body: dict[str, Any], caller: PepCaller, where: str = "") -> None:
     """403 when the request names an audience the caller does not speak for. A missing or
     malformed audience is left to the PDP's request parsing (400)."""
     resource = body.get("resource")
@@ -135,7 +135,7 @@ def _check_audience(body: dict[str, Any], caller: PepCaller, where: str = "") ->
 def mission_evaluation(request: Request, raw: RawBody) -> Response:
     caller = authenticate(request)
     body = _body(request, raw)
-    _check_audience(body, caller)
+    check_audience(body, caller)
     return _json(_mission_pdp(request).evaluate(body, caller))
 
 
@@ -145,12 +145,12 @@ def mission_evaluations(request: Request, raw: RawBody) -> Response:
     caller = authenticate(request)
     batch = parse_batch(_body(request, raw))
     if batch.items is None:
-        _check_audience(batch.top_level, caller)
+        check_audience(batch.top_level, caller)
         return _json(_mission_pdp(request).evaluate(batch.top_level, caller))
     # Checked for every item before any is evaluated: a batch that asks about another PEP's
     # resource is refused whole, so nothing of it is metered or recorded (decision M48).
     for index, item in enumerate(batch.items):
-        _check_audience(item, caller, f"evaluations[{index}]: ")
+        check_audience(item, caller, f"evaluations[{index}]: ")
     answers = _mission_pdp(request).evaluate_batch(batch.items, caller,
                                                    batch.semantic)
     return _json({"evaluations": answers})
@@ -162,7 +162,7 @@ def mission_search(kind: str, request: Request, raw: RawBody) -> Response:
     if kind not in SEARCH_KINDS:
         raise NotConfigured(404, f"no search endpoint {kind[:32]!r}")
     body = _body(request, raw)
-    _check_audience(body, caller)
+    check_audience(body, caller)
     # Hints of what one Mission exposes, never permits (runtime-digest section 3.9).
     return _json(_mission_pdp(request).search(kind, body, caller))
 

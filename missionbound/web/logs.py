@@ -56,3 +56,8 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     logging.getLogger("uvicorn.access").disabled = True
     # Alembic narrates every migration context at INFO; only its warnings matter to operators.
     logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
+    # Per-request chatter at INFO that the request line already covers: the HTTP clients'
+    # "HTTP Request: ..." (calls to this AS's own endpoints, JWKS, Mission Status) and the mcp
+    # SDK's session manager starting and stopping once per stateless MCP request.
+    for name in ("httpx", "httpx2", "mcp.server.streamable_http_manager"):
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))

@@ -252,6 +252,27 @@ class MissionGuard:
         self._log(request, attempt, None, context)
         return context
 
+    async def authenticate(self, request: Request) -> AccessToken:
+        """Steps 1 to 3 (and 5, given a state source) without an action: the verified,
+        sender-constrained Mission token of ``request``; raises :class:`RSRefusal`. For a
+        surface whose action is only known past the HTTP layer (an MCP gateway reads the
+        tool from the JSON-RPC body), which then decides the action itself."""
+        attempt = _Attempt(None)
+        try:
+            now = self._clock()
+            credentials = self._credential_check
+            attempt.scheme, raw = credentials.credentials(request)
+            token = attempt.token = await credentials.verify_token(raw, now)
+            credentials.check_sender(request, attempt.scheme, raw, token, now)
+            if self.state is not None:
+                await self._check_state(token, raw, now)
+        except RSRefusal as refusal:
+            if refusal.scheme is None and refusal.status != 503:
+                refusal.scheme = attempt.scheme
+            self._log(request, attempt, refusal)
+            raise
+        return token
+
     async def _authorize(self, request: Request, attempt: _Attempt,
                          bind: Mapping[str, Extractor], labels: tuple[str, ...],
                          path_params: Mapping[str, str] | None,

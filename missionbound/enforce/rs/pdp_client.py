@@ -309,8 +309,22 @@ def without_metered(entry: Mapping[str, Any]) -> Mapping[str, Any]:
 def evaluation_request(*, token: AccessToken, audience: str, action: str, method: str,
                        path: str, parameters: Mapping[str, Any],
                        parameter_digest: str) -> dict[str, Any]:
-    """The AuthZEN request for this action, from verified facts only (runtime-digest 3.2,
-    3.3: never an unverified claim; ``confirmation`` only after the proof of possession)."""
+    """The AuthZEN request for this route's action, from verified facts only
+    (:func:`mission_evaluation` with the route as the ``http_route`` resource)."""
+    return mission_evaluation(
+        token=token, resource={"type": RESOURCE_TYPE, "id": f"{method} {path}",
+                               "properties": {"audience": audience}},
+        action=action, parameters=parameters, parameter_digest=parameter_digest)
+
+
+def mission_evaluation(*, token: AccessToken, resource: Mapping[str, Any], action: str,
+                       parameters: Mapping[str, Any], parameter_digest: str,
+                       context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An AuthZEN request about ``action`` on ``resource`` (an AuthZEN resource object whose
+    ``properties.audience`` is the Mission resource) from verified facts only
+    (runtime-digest 3.2, 3.3: never an unverified claim; ``confirmation`` only after the
+    proof of possession). ``context`` adds members of the enforcement point's own (an MCP
+    gateway's ``capability_source``); it cannot replace the Mission, actor or credential."""
     actor: dict[str, Any] = {"client_id": token.client_id}
     if token.actors:
         # The token's act nests the immediate actor outermost; AuthZEN wants root -> leaf.
@@ -321,11 +335,11 @@ def evaluation_request(*, token: AccessToken, audience: str, action: str, method
         credential["confirmation"] = {"jkt": token.jkt}
     return {
         "subject": {"type": "user", "id": token.subject, "properties": {"iss": token.issuer}},
-        "resource": {"type": RESOURCE_TYPE, "id": f"{method} {path}",
-                     "properties": {"audience": audience}},
+        "resource": dict(resource),
         "action": {"name": action, "properties": {"parameters": dict(parameters),
                                                   "parameter_digest": parameter_digest}},
         "context": {
+            **(context or {}),
             "mission": {"id": token.mission.id, "issuer": token.mission.origin,
                         "authority_hash": token.mission.authority_hash},
             "actor": actor,
@@ -420,6 +434,7 @@ __all__ = [
     "RouteParameters",
     "evaluation_request",
     "judge",
+    "mission_evaluation",
     "parameters_of",
     "route_parameters",
     "without_metered",
