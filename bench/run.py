@@ -102,10 +102,17 @@ def pdp_suite() -> list[Bench]:
     return pdp_benches()
 
 
+def gateway_suite() -> list[Bench]:
+    # What the Mission-aware MCP gateway adds to a tools/call (docs/mcp.md).
+    from gateway_suites import gateway_benches
+
+    return gateway_benches()
+
+
 ALL_SUITES = {**SUITES, "issuance": issuance_suite, "replicas": replica_suite,
               "cross-domain": cross_domain_suite, "rs": rs_suite,
               "runtime": runtime_suite, "evidence": evidence_suite, "authzen": authzen_suite,
-              "pdp": pdp_suite}
+              "pdp": pdp_suite, "gateway": gateway_suite}
 
 
 def main() -> int:
