@@ -60,10 +60,10 @@ from missionbound.enforce.rs.pdp_client import (
     PdpDenied,
     PdpUnavailable,
     PermitSuppressed,
-    ReportFailed,
     judge,
     mission_evaluation,
 )
+from missionbound.enforce.rs.pdp_gate import send_report
 from missionbound.enforce.rs.replay import MemoryReplayCache, ReplayCacheFull
 from missionbound.mission.authority import ENTRY_TYPE, Entry
 from missionbound.mission.delegation import delegable_entries
@@ -84,9 +84,6 @@ RESOURCE_TYPE: Final = "mcp_tool"
 TOKEN_KEY: Final = "missionbound.mcp.token"
 DEFAULT_WORKER_THREADS: Final = 16
 DEFAULT_MAX_PERMITS: Final = 100_000
-# A report the PDP did not take is sent once more when it may have been lost on the way, then
-# logged (decision M146, as the RS kit's RS-D reports).
-REPORT_ATTEMPTS: Final = 2
 # The Execution Evidence errors the PDP's intake takes (runtime-digest 3.8); a permit refused
 # for any other reason (not a permit of the PDP, keys unavailable) is reported as the
 # executor's inability to fulfil it.
@@ -390,23 +387,13 @@ class McpPep:
         ``evaluation_id`` (the answer already decided stands)."""
         if not evaluation_id:
             return
-        send = partial(self.pdp.report, evaluation_id=evaluation_id, outcome=outcome,
-                       error=error, effective_parameter_digest=digest)
-        detail = ""
-        for attempt in range(1, REPORT_ATTEMPTS + 1):
-            try:
-                await anyio.to_thread.run_sync(send, limiter=self._threads)
-            except ReportFailed as exc:
-                detail = str(exc)
-                if exc.retryable and attempt < REPORT_ATTEMPTS:
-                    continue
-            except Exception as exc:  # a report must never change the answer decided
-                detail = f"{type(exc).__name__}: {exc}"
-            else:
-                log.info("mcp_execution_reported", resource=self.resource, mission=mission_id,
-                         evaluation_id=evaluation_id, outcome=outcome, error=error)
-                return
-            break
+        detail = await send_report(
+            partial(self.pdp.report, evaluation_id=evaluation_id, outcome=outcome,
+                    error=error, effective_parameter_digest=digest), self._threads)
+        if detail is None:
+            log.info("mcp_execution_reported", resource=self.resource, mission=mission_id,
+                     evaluation_id=evaluation_id, outcome=outcome, error=error)
+            return
         log.error("mcp_execution_unreported", resource=self.resource, mission=mission_id,
                   evaluation_id=evaluation_id, outcome=outcome, error=error,
                   detail=detail[:300])

@@ -38,7 +38,28 @@ log = structlog.get_logger("missionbound.enforce.rs")
 
 # An execution report the PDP did not take is sent once more when it may have been lost on
 # the way (no answer, 5xx), then logged (decision M146): the answer already decided stands.
-_REPORT_ATTEMPTS = 2
+REPORT_ATTEMPTS = 2
+
+
+async def send_report(send: Callable[[], object], threads: anyio.CapacityLimiter) -> str | None:
+    """Run ``send`` (a blocking report to the PDP's execution intake) in a worker thread,
+    once more when :class:`ReportFailed` says the report may have been lost. None when it
+    was taken, else what went wrong. Never raises: a report must never change the answer
+    already decided."""
+    detail = ""
+    for attempt in range(1, REPORT_ATTEMPTS + 1):
+        try:
+            await anyio.to_thread.run_sync(send, limiter=threads)
+        except ReportFailed as exc:
+            detail = str(exc)
+            if exc.retryable and attempt < REPORT_ATTEMPTS:
+                continue
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+        else:
+            return None
+        return detail
+    return detail
 
 
 class PdpGate:
@@ -97,27 +118,16 @@ class PdpGate:
         pdp = self.pdp
         if not evaluation_id:
             return
-        send = partial(pdp.report, evaluation_id=evaluation_id, outcome=outcome, error=error,
-                       effective_parameter_digest=effective_parameter_digest)
-        detail = ""
-        for attempt in range(1, _REPORT_ATTEMPTS + 1):
-            try:
-                await anyio.to_thread.run_sync(send, limiter=self._threads)
-            except ReportFailed as exc:
-                detail = str(exc)
-                if exc.retryable and attempt < _REPORT_ATTEMPTS:
-                    continue
-            except Exception as exc:  # a report must never change the answer decided
-                detail = f"{type(exc).__name__}: {exc}"
-            else:
-                log.info("rs_execution_reported", resource=self.resource, mission=mission_id,
-                         evaluation_id=evaluation_id, outcome=outcome, error=error,
-                         status=status)
-                return
-            break
+        detail = await send_report(
+            partial(pdp.report, evaluation_id=evaluation_id, outcome=outcome, error=error,
+                    effective_parameter_digest=effective_parameter_digest), self._threads)
+        if detail is None:
+            log.info("rs_execution_reported", resource=self.resource, mission=mission_id,
+                     evaluation_id=evaluation_id, outcome=outcome, error=error, status=status)
+            return
         log.error("rs_execution_unreported", resource=self.resource, mission=mission_id,
                   evaluation_id=evaluation_id, outcome=outcome, error=error, status=status,
                   pdp=pdp.executions_endpoint, detail=detail[:300])
 
 
-__all__ = ["PdpGate"]
+__all__ = ["REPORT_ATTEMPTS", "PdpGate", "send_report"]
