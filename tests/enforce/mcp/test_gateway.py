@@ -12,9 +12,12 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult
+from starlette.applications import Starlette
 
 from missionbound.client.mcp_auth import DPoPAuth
-from missionbound.enforce.mcp import TOOL_REFUSED
+from missionbound.enforce.mcp import TOOL_REFUSED, Upstream, build_gateway_app, mount_gateway
+from missionbound.enforce.rs import MissionGuard, TrustedIssuer
+from missionbound.protocol.jwks import JwksCache
 from tests.enforce.mcp.mcp_support import World, agent, build_world, evidence, new_grant, run
 from tests.issuer.conftest import flow_database_url  # noqa: F401 (the shared fixture)
 from tests.issuer.flow import ISSUER, MCP, Grant
@@ -278,3 +281,58 @@ def test_metrics_count_calls_per_tool_and_decision(world: World) -> None:
             f'reason=""}} {permits + 1}') in text.text
     assert 'missionbound_mcp_tool_call_seconds_count{tool="execute_wire_transfer",' \
            'decision="deny"}' in text.text
+
+
+# -- replicas ----------------------------------------------------------------------------------
+
+
+class RoundRobin:
+    """ASGI: the MCP requests dealt in turn to each of ``replicas`` (a load balancer without
+    session affinity); everything else to the first (the AS)."""
+
+    def __init__(self, *replicas: Any) -> None:
+        self.replicas = replicas
+        self.served = [0] * len(replicas)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        index = 0
+        if scope["type"] == "http" and scope["path"] == "/demo/mcp":
+            index = sum(self.served) % len(self.replicas)
+            self.served[index] += 1
+        await self.replicas[index](scope, receive, send)
+
+
+def another_replica(world: World) -> Starlette:
+    """A second gateway for the demo resource, as another process would build it: its own
+    guard (key cache, DPoP replay cache), its own PEP (permit store), the same upstream and
+    the same Mission PDP."""
+    app = world.flow.app
+    keys = JwksCache(f"{ISSUER}/jwks", client=world.http)
+    guard = MissionGuard(resource=MCP, issuers=[TrustedIssuer(ISSUER, keys=keys)],
+                         dpop_required=True, public_base_url=ISSUER)
+    gateway = build_gateway_app(resource=MCP, upstream=Upstream(app.state.demo_payments_server),
+                                guard=guard, pdp=app.state.demo_mcp.state.pep.pdp,
+                                permit_keys=keys, permit_issuer=ISSUER)
+    host = Starlette()
+    mount_gateway(host, "/demo/mcp", gateway)
+    return host
+
+
+def test_replicas_without_session_affinity_serve_one_agent(world: World) -> None:
+    granted = new_grant(world.flow)
+    balancer = RoundRobin(world.flow.app, another_replica(world))
+    before = len(world.ledger.entries())
+
+    async def work() -> tuple[list[str], CallToolResult, CallToolResult]:
+        # One client session whose requests alternate between the two gateways.
+        async with agent(balancer, granted) as client:
+            listed = [tool.name for tool in (await client.list_tools()).tools]
+            read = await client.call_tool("get_invoice", {"invoice_id": "inv-acme-2"})
+            paid = await client.call_tool("execute_wire_transfer", PAY)
+            return listed, read, paid
+
+    listed, read, paid = run(work)
+    assert "execute_wire_transfer" in listed
+    assert read.is_error is False and paid.is_error is False
+    assert min(balancer.served) >= 2, balancer.served  # each replica answered MCP requests
+    assert len(world.ledger.entries()) == before + 1
