@@ -8,10 +8,10 @@ the same execution intake with its Execution Evidence, as the PEP credential ``c
 gateway run as its own process (``missionbound gateway``) asks over HTTP instead.
 
 Errors come back as the HTTP client's would: a request the PDP refuses (4xx there) or a
-failure of the store (5xx there) is :class:`~missionbound.enforce.rs.PdpUnavailable`, so the
-PEP fails closed (``pdp_unreachable``); a report the intake refuses is
-:class:`~missionbound.enforce.rs.pdp_client.ReportFailed`, retryable only when the store
-failed.
+failure (5xx there) is :class:`~missionbound.enforce.rs.PdpUnavailable`, so the PEP fails
+closed (``pdp_unreachable``); a report the intake refuses is
+:class:`~missionbound.enforce.rs.pdp_client.ReportFailed`, retryable only when the intake
+failed rather than refused.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
 from missionbound.enforce.rs.pdp_client import PdpUnavailable, ReportFailed
 from missionbound.runtime.errors import AuthZenError
@@ -54,9 +53,10 @@ class CoLocatedPdp:
             return self._pdp.evaluate(body, self._caller)
         except AuthZenError as refused:
             raise PdpUnavailable(f"the Mission PDP refused the request: {refused}") from None
-        except SQLAlchemyError as exc:
+        except Exception as exc:
+            # The store, the signing key, a bug: what HTTP would answer 500 for. No verdict.
             log.error("colocated_pdp_failed", detail=f"{type(exc).__name__}: {exc}"[:300])
-            raise PdpUnavailable("the Mission PDP's store failed") from None
+            raise PdpUnavailable("the Mission PDP failed") from None
 
     def report(self, *, evaluation_id: str, outcome: str, error: str | None = None,
                effective_parameter_digest: str | None = None,
@@ -73,8 +73,9 @@ class CoLocatedPdp:
         except AuthZenError as refused:
             raise ReportFailed(f"the execution intake refused the report: {refused}",
                                retryable=False) from None
-        except SQLAlchemyError as exc:
-            raise ReportFailed(f"the execution intake's store failed: {type(exc).__name__}",
+        except Exception as exc:
+            # What HTTP would answer 500 for: maybe lost, so sent once more.
+            raise ReportFailed(f"the execution intake failed: {type(exc).__name__}",
                                retryable=True) from None
         return reported.summary()
 

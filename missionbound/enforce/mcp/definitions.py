@@ -9,6 +9,9 @@ the gateway see:
 - :class:`InProcessToolDefinitions`: ``MCPServer``/``Server`` instances in this process (the
   demo tenant's payments server), no network.
 
+:class:`CombinedToolDefinitions` asks several sources in turn (the demo tenant's in-process
+server next to the operator's ``mcp_upstreams``).
+
 The approval path is synchronous (a FastAPI worker thread), the SDK asynchronous: each read
 runs its own event loop (``anyio.run``) in the calling thread, bounded by ``timeout_seconds``
 as a whole (connect, handshake, every page). Any failure is
@@ -30,7 +33,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import MCPServer
 from mcp_types import Tool
 
-from missionbound.protocol.tool_manifest import ToolDefinitionsUnavailable
+from missionbound.protocol.tool_manifest import ToolDefinitionSource, ToolDefinitionsUnavailable
 
 DEFAULT_TIMEOUT_SECONDS: Final = 5.0
 # A tools/list longer than this many pages is not a tool server we bind to (a cursor loop).
@@ -152,3 +155,19 @@ class InProcessToolDefinitions:
         if server is None:
             return None
         return _read(server, f"the in-process MCP server of {resource}", self._timeout)
+
+
+class CombinedToolDefinitions:
+    """Several sources as one: the first that knows a resource answers for it (its failure
+    too: a later source is never asked in place of one that should know, so an unreadable
+    upstream still fails approval closed)."""
+
+    def __init__(self, *sources: ToolDefinitionSource) -> None:
+        self._sources = sources
+
+    def definitions(self, resource: str) -> Mapping[str, Mapping[str, Any]] | None:
+        for source in self._sources:
+            found = source.definitions(resource)
+            if found is not None:
+                return found
+        return None

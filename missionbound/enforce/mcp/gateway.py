@@ -47,7 +47,7 @@ from starlette.types import Receive, Scope, Send
 
 from missionbound.enforce.mcp.errors import ToolRefused, UpstreamFailed
 from missionbound.enforce.mcp.metrics import CONTENT_TYPE, GatewayMetrics
-from missionbound.enforce.mcp.pep import TOKEN_KEY, McpPep, PdpLike
+from missionbound.enforce.mcp.pep import TOKEN_KEY, UNLISTED_TOOL, McpPep, PdpLike
 from missionbound.enforce.mcp.upstream import Upstream, UpstreamUnavailable
 from missionbound.enforce.rs.errors import RSRefusal
 from missionbound.enforce.rs.guard import MissionGuard, Tier, metadata_path
@@ -116,6 +116,10 @@ def build_gateway_server(pep: McpPep, upstream: Upstream, *,
         except UpstreamUnavailable as exc:
             log.warning("mcp_upstream_unavailable", resource=pep.resource, detail=str(exc))
             raise UpstreamFailed("the tool server cannot be reached just now") from None
+        except Exception as exc:  # never exception text on the wire (older clients get it)
+            log.error("mcp_gateway_failed", resource=pep.resource, method="tools/list",
+                      detail=f"{type(exc).__name__}: {exc}"[:300])
+            raise UpstreamFailed("the tool list cannot be had just now") from None
         return ListToolsResult(tools=pep.visible_tools(token, tools))
 
     async def call_tool(ctx: ServerRequestContext[Any, Any],
@@ -136,8 +140,12 @@ def build_gateway_server(pep: McpPep, upstream: Upstream, *,
         except UpstreamUnavailable as exc:
             log.warning("mcp_upstream_unavailable", resource=pep.resource, tool=params.name,
                         detail=str(exc))
-            pep.metrics.record(params.name, "error", "upstream_unavailable", 0.0)
+            pep.metrics.record(UNLISTED_TOOL, "error", "upstream_unavailable", 0.0)
             raise UpstreamFailed("the tool server cannot be reached just now") from None
+        except Exception as exc:  # never exception text on the wire (older clients get it)
+            log.error("mcp_gateway_failed", resource=pep.resource, tool=params.name[:64],
+                      detail=f"{type(exc).__name__}: {exc}"[:300])
+            raise UpstreamFailed() from None
         if refusal is not None:
             raise refusal
         assert result is not None

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from missionbound.enforce.mcp.errors import ToolRefused
+from missionbound.enforce.mcp.errors import InvalidToolArguments, ToolRefused
 from missionbound.enforce.mcp.gateway import AuthenticatedMcp, gateway_metadata, token_of
 from missionbound.enforce.mcp.pep import McpPep
 from missionbound.enforce.rs.guard import metadata_path
@@ -62,7 +62,9 @@ class MissionMcpMiddleware:
             arguments = params.get("arguments")
             if not isinstance(name, str) or not (arguments is None
                                                  or isinstance(arguments, dict)):
-                return await call_next(ctx)  # the SDK refuses malformed params (-32602)
+                # Refused here, whatever the SDK would do after: nothing ungoverned runs.
+                raise InvalidToolArguments("tools/call needs a tool name and an arguments "
+                                           "object")
 
             async def run(tool: str, checked: dict[str, Any]) -> CallToolResult:
                 # The tool runs with exactly the arguments the permit was verified for.

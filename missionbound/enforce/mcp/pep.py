@@ -45,7 +45,6 @@ from typing import Any, Final, Protocol, cast
 import anyio
 import anyio.to_thread
 import structlog
-from jsonschema import SchemaError  # type: ignore[import-untyped]
 from jsonschema.validators import validator_for  # type: ignore[import-untyped]
 from mcp_types import CallToolResult, Tool
 from starlette.requests import Request
@@ -75,11 +74,22 @@ from missionbound.protocol.permits import (
     PermitRefused,
     arguments_digest,
 )
-from missionbound.protocol.tool_manifest import CapabilitySource, operation_ref, tool_id
+from missionbound.protocol.tool_manifest import (
+    CapabilitySource,
+    ToolDefinitionError,
+    operation_ref,
+    tool_id,
+)
 
 log = structlog.get_logger("missionbound.enforce.mcp")
 
 RESOURCE_TYPE: Final = "mcp_tool"
+# The AuthZEN request's bound on names (runtime/request.py MAX_NAME).
+MAX_TOOL_NAME: Final = 255
+# The metrics label of calls of a tool the upstream does not list (bounded cardinality).
+UNLISTED_TOOL: Final = "_unlisted"
+# The reason of a call the gateway failed to decide (never the failure's detail).
+GATEWAY_ERROR: Final = "gateway_error"
 # request.scope key: the verified Mission token of an authenticated MCP request.
 TOKEN_KEY: Final = "missionbound.mcp.token"
 DEFAULT_WORKER_THREADS: Final = 16
@@ -196,7 +206,11 @@ def check_arguments(arguments: Mapping[str, Any], input_schema: Mapping[str, Any
                                    f"{undeclared[0][:64]!r}")
     try:
         error = next(iter(_validator(input_schema).iter_errors(dict(arguments))), None)
-    except SchemaError:
+    except Exception as exc:
+        # An invalid schema (SchemaError), a $ref that cannot be resolved, a pattern the
+        # regex engine refuses: the tool server's fault, said without its detail (a remote
+        # $ref may name an internal address).
+        log.warning("mcp_input_schema_unusable", detail=f"{type(exc).__name__}: {exc}"[:300])
         raise InvalidToolArguments("the tool's input schema cannot be checked") from None
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "arguments"
@@ -264,26 +278,36 @@ class McpPep:
         it. Raises :class:`ToolRefused`, :class:`InvalidToolArguments` or
         :class:`UpstreamFailed`."""
         started = time.perf_counter()
+        # Metrics name tools the upstream lists; a made-up name must not become a label.
+        label = name if any(tool.name == name for tool in tools) else UNLISTED_TOOL
         try:
             call = await self.authorize_call(token, name, arguments, tools)
         except ToolRefused as refused:
-            self._count(name, refused.decision, refused.reason, started)
+            self._count(label, refused.decision, refused.reason, started)
             raise
         except InvalidToolArguments:
-            self._count(name, "refused", "invalid_arguments", started)
+            self._count(label, "refused", "invalid_arguments", started)
             raise
+        except Exception as exc:
+            # Fail closed, and tell the agent nothing of it: a bug or an unforeseen input
+            # must neither run the tool nor put exception text on the wire.
+            log.error("mcp_gateway_failed", resource=self.resource, tool=name[:64],
+                      mission=token.mission.id, detail=f"{type(exc).__name__}: {exc}"[:300])
+            self._count(label, "error", GATEWAY_ERROR, started)
+            raise ToolRefused(GATEWAY_ERROR, "the gateway could not decide this call",
+                              evaluation_id=None) from None
         try:
             result = await run(call.tool, call.arguments)
         except Exception as exc:
             await self._report_outcome(call, "failed")
-            self._count(name, "error", "upstream_failed", started)
+            self._count(label, "error", "upstream_failed", started)
             log.warning("mcp_upstream_failed", resource=self.resource, tool=name,
                         mission=call.mission_id, evaluation_id=call.evaluation_id,
                         detail=f"{type(exc).__name__}: {str(exc)[:300]}")
             raise UpstreamFailed() from None
         # A tool error (isError) is an answer of the tool that did not do what was asked.
         await self._report_outcome(call, "failed" if result.is_error else "completed")
-        self._count(name, "permit", None, started)
+        self._count(label, "permit", None, started)
         return result
 
     async def authorize_call(self, token: AccessToken, name: str,
@@ -291,6 +315,9 @@ class McpPep:
                              tools: Sequence[Tool]) -> PermittedCall:
         """Steps 1 to 3 of the module docstring: the call the PEP lets through, or the
         refusal."""
+        if len(name) > MAX_TOOL_NAME:
+            # The PDP would refuse the request as malformed: say so here, not "unreachable".
+            raise InvalidToolArguments(f"a tool name has at most {MAX_TOOL_NAME} characters")
         frozen = copy.deepcopy(dict(arguments or {}))  # what is checked is what runs
         listed = [tool for tool in tools if tool.name == name]
         if len(listed) > 1:
@@ -299,16 +326,23 @@ class McpPep:
                               f"{name[:64]!r} more than once", evaluation_id=None)
         tool = listed[0] if listed else None
         if tool is not None and name in granted_tools(token, self.resource):
-            check_arguments(frozen, tool.input_schema)
+            # In a worker thread: a schema's pattern may backtrack for long on some input.
+            await anyio.to_thread.run_sync(check_arguments, frozen, tool.input_schema,
+                                           limiter=self._threads)
         try:
             digest = arguments_digest(frozen)
         except PermitRefused:
             raise InvalidToolArguments("the arguments must be a JSON object without "
                                        "non-integer numbers (send decimals as strings)") from None
-        source = (CapabilitySource.for_tool(self.resource, name, definition_of(tool))
-                  if tool is not None else
-                  CapabilitySource(tool_id=tool_id(self.resource, name),
-                                   operation_ref=operation_ref(name)))
+        try:
+            source = (CapabilitySource.for_tool(self.resource, name, definition_of(tool))
+                      if tool is not None else
+                      CapabilitySource(tool_id=tool_id(self.resource, name),
+                                       operation_ref=operation_ref(name)))
+        except ToolDefinitionError:
+            # No digest can be presented for what the tool server now says the tool is.
+            raise ToolRefused("tool_definition_invalid", f"the tool server's definition of "
+                              f"{name[:64]!r} cannot be digested", evaluation_id=None) from None
         body = mission_evaluation(
             token=token, action=name, parameters=frozen, parameter_digest=digest,
             resource={"type": RESOURCE_TYPE, "id": name,
