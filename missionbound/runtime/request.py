@@ -42,6 +42,8 @@ MAX_URI = 2048
 MAX_DIGEST = 128
 # A tool id is the Mission resource URI, "#", the tool name (protocol/tool_manifest.py).
 MAX_TOOL_ID = MAX_URI + 1 + MAX_NAME
+# An MCP tool's operation_ref is "tools/<name>" (protocol/tool_manifest.py).
+MAX_OPERATION_REF = len("tools/") + MAX_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +159,7 @@ def _capability_source(context: Mapping[str, Any]) -> CapabilitySource | None:
                             max_length=MAX_DIGEST),
         source_uri=_text(source, "source_uri", where, required=False, max_length=MAX_URI),
         operation_ref=_text(source, "operation_ref", where, required=False,
-                            max_length=MAX_NAME),
+                            max_length=MAX_OPERATION_REF),
     )
 
 
