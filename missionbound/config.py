@@ -28,6 +28,8 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from missionbound.mission.errors import InvalidRequest
+from missionbound.mission.intent import check_resource_uri
 from missionbound.store.engine import DatabaseUrlError, normalize_url
 
 ENV_PREFIX = "MISSIONBOUND_"
@@ -232,6 +234,12 @@ class Settings(BaseSettings):
         description="Resource URI -> name of the pdp_tenants tenant whose policies must also "
         "permit every Mission decision for that resource (fail closed when it is missing).",
     )
+    mcp_upstreams: dict[str, str] = Field(
+        default_factory=dict,
+        description="Issuer role: resource URI of an MCP gateway -> streamable HTTP URL of "
+        "the upstream MCP server behind it, whose tools/list the AS reads at approval to bind "
+        "each granted tool to its definition (tool-manifest binding, docs/mcp.md).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -302,6 +310,22 @@ class Settings(BaseSettings):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("mcp_upstreams")
+    @classmethod
+    def _check_mcp_upstreams(cls, value: dict[str, str]) -> dict[str, str]:
+        for resource, url in value.items():
+            # The rule a Mission's resource indicators follow (RFC 8707 section 2): a key
+            # no Mission can name would never be read.
+            try:
+                check_resource_uri(resource, f"resource {resource!r}")
+            except InvalidRequest as exc:
+                raise ValueError(exc.description) from None
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+                raise ValueError(f"the upstream of {resource!r}, {url!r}, must be an "
+                                 "absolute http(s) URL without fragment")
+        return value
+
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
         # frozen=True: fill the derived values through object.__setattr__, once, here.
@@ -322,6 +346,10 @@ class Settings(BaseSettings):
                              "(docs/resource-as.md)")
         if self.role == "issuer" and self.trusted_origins:
             raise ValueError("trusted_origins is a resource_as setting (role = 'resource_as')")
+        if self.role == "resource_as" and self.mcp_upstreams:
+            # A Resource AS approves no Mission, so it never reads a tool definition.
+            raise ValueError("mcp_upstreams is an issuer setting; a resource_as approves "
+                             "no Mission")
         for resource, tenant in self.pdp_resource_policies.items():
             if tenant not in self.pdp_tenants:
                 raise ValueError(f"pdp_resource_policies: {resource!r} names the tenant "

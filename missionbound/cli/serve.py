@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -31,6 +32,8 @@ from missionbound.store import Store
 from missionbound.store.migrate import current_revision, head_revision, upgrade_engine
 from missionbound.tenant import demo_credentials
 
+_UPSTREAM_SEPARATOR = re.compile(r"\s*=\s*(?=https?://)", re.IGNORECASE)
+
 
 def serve(
     host: Annotated[
@@ -57,6 +60,18 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    mcp_upstream: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mcp-upstream",
+            metavar="RESOURCE=URL",
+            help="At approval, read the tools of the MCP gateway RESOURCE from the upstream "
+            "MCP server at URL (streamable HTTP) and bind each granted tool to its definition; "
+            "repeatable; adds to (and overrides by resource) the mcp_upstreams setting. See "
+            "docs/mcp.md.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the server: apply migrations, then serve HTTP until interrupted.
 
@@ -75,6 +90,9 @@ def serve(
     if pdp_tenant:
         settings = settings_from(**flags, pdp_tenants={
             **settings.pdp_tenants, **parse_pdp_tenants(pdp_tenant)})
+    if mcp_upstream:
+        settings = settings_from(**flags, pdp_tenants=settings.pdp_tenants, mcp_upstreams={
+            **settings.mcp_upstreams, **parse_mcp_upstreams(mcp_upstream)})
     try:
         # Parsed and validated before anything else starts: a tenant that cannot be served
         # is a configuration error, said plainly (the app loads them again in create_app).
@@ -140,6 +158,25 @@ def parse_pdp_tenants(values: list[str]) -> dict[str, Path]:
                                      param_hint="--pdp-tenant")
         tenants[name] = Path(folder).expanduser()
     return tenants
+
+
+def parse_mcp_upstreams(values: list[str]) -> dict[str, str]:
+    """``--mcp-upstream RESOURCE=URL`` values as {resource: url}; a malformed or repeated one
+    is a usage error (the URIs themselves are checked with the setting). Both sides are URLs
+    and either may carry ``=`` in its query, so the split is at the first ``=`` that starts
+    an http(s) URL."""
+    upstreams: dict[str, str] = {}
+    for value in values:
+        parts = _UPSTREAM_SEPARATOR.split(value, maxsplit=1)
+        resource, url = (parts[0].strip(), parts[1].strip()) if len(parts) == 2 else ("", "")
+        if not resource or not url:
+            raise typer.BadParameter(f"{value!r}: expected RESOURCE=URL, URL an http(s) URL",
+                                     param_hint="--mcp-upstream")
+        if resource in upstreams:
+            raise typer.BadParameter(f"resource {resource!r} is given twice",
+                                     param_hint="--mcp-upstream")
+        upstreams[resource] = url
+    return upstreams
 
 
 def print_demo_banner(settings: Settings) -> None:

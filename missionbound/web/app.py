@@ -29,10 +29,12 @@ from missionbound.demo.erp import build_erp_app
 from missionbound.demo.payments_mcp import Ledger, build_payments_server
 from missionbound.enforce.mcp import (
     InProcessToolDefinitions,
+    McpToolDefinitions,
     Upstream,
     build_gateway_app,
     mount_gateway,
 )
+from missionbound.enforce.mcp.definitions import CombinedToolDefinitions
 from missionbound.enforce.rs import (
     MissionGuard,
     MissionStateView,
@@ -149,6 +151,10 @@ def create_app(
     app.state.tenant = tenant
     app.state.engine = db
     app.state.issuer = MissionIssuer(settings=settings, tenant=tenant, store=Store(db))
+    # Tool-manifest binding for gateways in front of upstream MCP servers elsewhere
+    # (docs/mcp.md): without it their Missions carry no binding and drift is not refused.
+    app.state.issuer.tool_definitions = (McpToolDefinitions(settings.mcp_upstreams)
+                                         if settings.mcp_upstreams else None)
     token_management.register_token_management(app.state.issuer)
     app.state.signal_dispatcher = build_dispatcher(app.state.issuer)
     # Mission change announcements and the Mission state cache (docs/scale-out.md).
@@ -261,7 +267,11 @@ def _mount_demo_mcp(app: FastAPI, settings: Settings, tenant: Tenant,
     app.state.demo_mcp = gateway
     app.state.demo_payments_server = server
     app.state.demo_payments_ledger = ledger
-    app.state.issuer.tool_definitions = InProcessToolDefinitions({resource: server})
+    in_process = InProcessToolDefinitions({resource: server})
+    configured = app.state.issuer.tool_definitions
+    # The in-process server answers first for its resource: it is what this gateway calls.
+    app.state.issuer.tool_definitions = (
+        in_process if configured is None else CombinedToolDefinitions(in_process, configured))
 
 
 def _resource_as_app(settings: Settings, tenant: Tenant, db: Engine, owns_engine: bool,

@@ -52,9 +52,13 @@ from missionbound.client.dpop import create_dpop_proof
 from missionbound.client.mcp_auth import DPoPAuth, mission_mcp_client
 from missionbound.demo.invoices import INVOICES
 from missionbound.demo.payments_mcp import MCP_PATH, Ledger, LedgerEntry
+from missionbound.enforce.mcp import McpToolDefinitions
+from missionbound.protocol.tool_manifest import tool_definition_digest, tool_id
+from missionbound.runtime.compiler import PolicyArtifact
 from missionbound.runtime.evidence import verify_evidence_chain
 from missionbound.store.engine import create_engine_for
 from missionbound.store.models import EvidenceRecord
+from missionbound.store.models import PolicyArtifact as PolicyArtifactRecord
 from missionbound.store.transactions import Store
 from missionbound.web.app import DEMO_PAYMENTS_LEDGER
 from tests.conftest import BACKENDS, postgres_problem, postgres_url
@@ -221,6 +225,20 @@ def evidence_chain(server: ServerHandle, mission_id: str) -> list[dict[str, Any]
                 .order_by(EvidenceRecord.sequence))]
     finally:
         engine.dispose()
+
+
+def policy_artifact(server: ServerHandle, mission_id: str) -> dict[str, Any]:
+    """The manifest of the policy artifact compiled when ``mission_id`` was approved (its
+    only one: no amendment here)."""
+    engine = create_engine_for(server.database_url)
+    try:
+        with Store(engine).read() as session, session.begin():
+            stored = session.scalars(select(PolicyArtifactRecord.artifact).where(
+                PolicyArtifactRecord.mission_id == mission_id)).all()
+    finally:
+        engine.dispose()
+    assert len(stored) == 1, stored
+    return PolicyArtifact.from_json(stored[0]).manifest
 
 
 def decision_evidence(server: ServerHandle, mission_id: str, evaluation_id: str
@@ -433,6 +451,7 @@ class Separate:
     ledger: Path  # the payments process's
     secrets: dict[str, str]  # the tenant's, by user or client name
     gateway: Process
+    upstream: str  # the payments process's MCP endpoint, serve's mcp_upstreams for resource
 
 
 @pytest.fixture
@@ -443,31 +462,36 @@ def separate(tmp_path: Path) -> Iterator[Separate]:
     folder = Path(tempfile.mkdtemp(prefix="gateway-", dir=tmp_path))
     gateway_port, payments_port = free_port(), free_port()
     resource = f"http://127.0.0.1:{gateway_port}/mcp"
+    upstream = f"http://127.0.0.1:{payments_port}{MCP_PATH}"
     tenant_file, own = own_tenant(folder, resource)
-    with running_server(tmp_path, env={"MISSIONBOUND_TENANT_FILE": str(tenant_file)}) as serve:
-        ledger = folder / "ledger.jsonl"
-        env = server_environment(folder / "data")
-        payments = spawn([sys.executable, "-m", "missionbound.demo.payments_mcp",
-                          "--host", "127.0.0.1", "--port", str(payments_port),
-                          "--ledger", str(ledger)], folder, "payments", env)
-        # The PDP credential from the environment, as an operator would pass it.
-        gateway = spawn([sys.executable, "-m", "missionbound", "gateway",
-                         "--resource", resource,
-                         "--upstream", f"http://127.0.0.1:{payments_port}{MCP_PATH}",
-                         "--issuer", serve.base_url, "--pep-client-id", "demo-rs",
-                         # The Mission's state read from Mission Status on every request.
-                         "--mission-staleness", "0",
-                         "--host", "127.0.0.1", "--port", str(gateway_port)],
-                        folder, "gateway",
-                        {**env, "MISSIONBOUND_PEP_CLIENT_SECRET": own["demo-rs"],
-                         "MISSIONBOUND_GATEWAY_DPOP_NONCE_SECRET": secrets.token_urlsafe(24)})
-        try:
-            wait_until_listening(payments, f"http://127.0.0.1:{payments_port}/")
-            wait_until_listening(gateway, f"http://127.0.0.1:{gateway_port}/")
-            yield Separate(serve, resource, ledger, own, gateway)
-        finally:
-            stop(gateway)
-            stop(payments)
+    ledger = folder / "ledger.jsonl"
+    env = server_environment(folder / "data")
+    # The payments server first: serve reads its tools/list at approval (mcp_upstreams).
+    payments = spawn([sys.executable, "-m", "missionbound.demo.payments_mcp",
+                      "--host", "127.0.0.1", "--port", str(payments_port),
+                      "--ledger", str(ledger)], folder, "payments", env)
+    try:
+        wait_until_listening(payments, f"http://127.0.0.1:{payments_port}/")
+        with running_server(tmp_path, env={
+                "MISSIONBOUND_TENANT_FILE": str(tenant_file),
+                "MISSIONBOUND_MCP_UPSTREAMS": json.dumps({resource: upstream})}) as serve:
+            # The PDP credential from the environment, as an operator would pass it.
+            gateway = spawn([sys.executable, "-m", "missionbound", "gateway",
+                             "--resource", resource, "--upstream", upstream,
+                             "--issuer", serve.base_url, "--pep-client-id", "demo-rs",
+                             # The Mission's state read from Mission Status on every request.
+                             "--mission-staleness", "0",
+                             "--host", "127.0.0.1", "--port", str(gateway_port)],
+                            folder, "gateway",
+                            {**env, "MISSIONBOUND_PEP_CLIENT_SECRET": own["demo-rs"],
+                             "MISSIONBOUND_GATEWAY_DPOP_NONCE_SECRET": secrets.token_urlsafe(24)})
+            try:
+                wait_until_listening(gateway, f"http://127.0.0.1:{gateway_port}/")
+                yield Separate(serve, resource, ledger, own, gateway, upstream)
+            finally:
+                stop(gateway)
+    finally:
+        stop(payments)
 
 
 def own_tenant(folder: Path, gateway_resource: str) -> tuple[Path, dict[str, str]]:
@@ -498,6 +522,15 @@ def test_a_separate_gateway_process_in_front_of_a_separate_upstream(
         bob, serve.base_url, resource, payments_details(resource, vendors=["acme"]),
         client=(CLIENT[0], separate.secrets[CLIENT[0]]),
         bob_password=separate.secrets["bob"])
+    # serve read the payments process's tools/list at approval (mcp_upstreams): the compiled
+    # policy binds every granted tool to the digest of its definition as listed there.
+    listed = McpToolDefinitions({resource: separate.upstream}).definitions(resource)
+    assert listed is not None
+    bindings = policy_artifact(serve, granted.mission_id)["policy_ir"]["capability_bindings"]
+    assert bindings == {resource: {
+        name: {"tool_id": tool_id(resource, name),
+               "source_digest": tool_definition_digest(listed[name])}
+        for name in ("execute_wire_transfer", "get_invoice", "list_invoices")}}
     # The gateway wants its nonce in every proof (RFC 9449 section 9).
     proof = create_dpop_proof(granted.key, method="POST", url=resource,
                               access_token=granted.access_token)
