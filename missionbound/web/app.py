@@ -28,13 +28,13 @@ from missionbound.config import Settings
 from missionbound.demo.erp import build_erp_app
 from missionbound.demo.payments_mcp import Ledger, build_payments_server
 from missionbound.enforce.mcp import (
+    CombinedToolDefinitions,
     InProcessToolDefinitions,
     McpToolDefinitions,
     Upstream,
     build_gateway_app,
     mount_gateway,
 )
-from missionbound.enforce.mcp.definitions import CombinedToolDefinitions
 from missionbound.enforce.rs import (
     MissionGuard,
     MissionStateView,

@@ -4,11 +4,16 @@
   every ``tools/call`` decided by the Mission PDP (:class:`McpPep`); :func:`mount_gateway`
   serves it inside another application;
 - :func:`protect` / :class:`MissionMcpMiddleware`: the same PEP inside an ``MCPServer``;
-- :class:`McpToolDefinitions` / :class:`InProcessToolDefinitions`: tool definitions for
-  tool-manifest binding at approval (:mod:`.definitions`).
+- :class:`McpToolDefinitions` / :class:`InProcessToolDefinitions` (several:
+  :class:`CombinedToolDefinitions`): tool definitions for tool-manifest binding at approval
+  (:mod:`.definitions`).
 """
 
-from missionbound.enforce.mcp.definitions import InProcessToolDefinitions, McpToolDefinitions
+from missionbound.enforce.mcp.definitions import (
+    CombinedToolDefinitions,
+    InProcessToolDefinitions,
+    McpToolDefinitions,
+)
 from missionbound.enforce.mcp.errors import (
     TOOL_REFUSED,
     InvalidToolArguments,
@@ -23,6 +28,7 @@ from missionbound.enforce.mcp.upstream import Upstream, UpstreamUnavailable
 
 __all__ = [
     "TOOL_REFUSED",
+    "CombinedToolDefinitions",
     "GatewayMetrics",
     "InProcessToolDefinitions",
     "InvalidToolArguments",
