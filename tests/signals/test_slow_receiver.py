@@ -103,7 +103,9 @@ def test_a_trickling_receiver_is_cut_off_at_the_push_deadline(
             assert not stop.is_set()
             row = stream_row(flow, stream_id)
             assert row.last_error is not None and row.last_error.startswith("no answer")
-            assert row.attempts == 1 and undelivered(flow, stream_id) == 2
+            # At least the one cut-off push: on a slow machine the round may still be claiming
+            # when the stream's first backoff (1 s) ends, and push (and be cut off) again.
+            assert row.attempts >= 1 and undelivered(flow, stream_id) == 2
     finally:
         transmitter.close()
 
