@@ -45,8 +45,7 @@ from joserfc.jwk import Key
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
-from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
 from missionbound.client.dpop import create_dpop_proof
 from missionbound.client.mcp_auth import DPoPAuth, mission_mcp_client
@@ -61,7 +60,6 @@ from missionbound.store.models import EvidenceRecord
 from missionbound.store.models import PolicyArtifact as PolicyArtifactRecord
 from missionbound.store.transactions import Store
 from missionbound.web.app import DEMO_PAYMENTS_LEDGER
-from tests.conftest import BACKENDS, postgres_problem, postgres_url
 from tests.e2e.test_issuance_e2e import CLIENT, REDIRECT_URI, dpop_post, follow, pkce_pair
 from tests.e2e_support import (
     ServerHandle,
@@ -70,6 +68,7 @@ from tests.e2e_support import (
     running_server,
     server_environment,
 )
+from tests.issuer.conftest import flow_database_url  # noqa: F401 (the shared fixture)
 from tests.protocol.proofs import generate_key
 
 PURPOSE = "https://missionbound.dev/purposes/accounts-payable"
@@ -289,36 +288,15 @@ def ledger_of(server: ServerHandle) -> list[LedgerEntry]:
 STATE_TRUSTED = {"MISSIONBOUND_DEMO_ERP_STALENESS_SECONDS": "600"}
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[ServerHandle]:
+@pytest.fixture(scope="module")
+def server(flow_database_url: str,  # noqa: F811 (the imported fixture)
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     """One demo-tenant server per backend for this module's tests (each makes its own
-    Missions): on SQLite in its data folder, or on a new PostgreSQL schema (skipped, saying
-    why, when no PostgreSQL answers)."""
-    folder = tmp_path_factory.mktemp("mcp-gateway")
-    if request.param == "sqlite":
-        with running_server(folder, env=STATE_TRUSTED) as handle:
-            yield handle
-        return
-    problem = postgres_problem()
-    if problem is not None:
-        kind, reason = problem
-        if kind == "skip":
-            pytest.skip(reason)
-        pytest.fail(reason)
-    schema = "mb_mcp_" + secrets.token_hex(6)
-    admin = create_engine_for(postgres_url(), pool_size=1, max_overflow=0)
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = make_url(postgres_url()).update_query_dict({"options": f"-csearch_path={schema}"})
-        with running_server(folder, database_url=url.render_as_string(hide_password=False),
-                            env=STATE_TRUSTED) as handle:
-            yield handle
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    Missions), on the shared empty database of tests/issuer/conftest.py: a SQLite file or
+    a new PostgreSQL schema (skipped, saying why, when no PostgreSQL answers)."""
+    with running_server(tmp_path_factory.mktemp("mcp-gateway"),
+                        database_url=flow_database_url, env=STATE_TRUSTED) as handle:
+        yield handle
 
 
 @pytest.fixture
