@@ -1,0 +1,241 @@
+"""The agent SDK against a real ``missionbound serve`` (demo tenant, SQLite): every promise
+of ``missionbound.client`` kept with real PAR, consent forms, DPoP, tokens, PDP, gateway and
+local runner, in its sync and its async form.
+
+bob approves through the real forms (``missionbound.demo.approver``); refusals are checked
+by their typed errors and the facts they carry (reason, evaluation_id, mission_state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from missionbound.client import (
+    ArgumentsChanged,
+    AsyncMissionClient,
+    ConsentRejected,
+    ConstraintExceeded,
+    Mission,
+    MissionClient,
+    MissionInactive,
+    MissionRevoked,
+    OAuthError,
+    PepCredentials,
+    PermitRefused,
+    ToolNotGranted,
+)
+from missionbound.client.oauth import TokenSet
+from missionbound.demo.approver import BrowserSession, approve
+from tests.e2e_support import ServerHandle, running_server
+
+PEP = PepCredentials("demo-rs", "demo-rs-secret")  # DEMO SECRET
+WIRE_UNDER_CAP = {"invoice_id": "inv-acme-1", "vendor": "acme", "amount": "120.00",
+                  "currency": "USD"}
+ENTRY = {"invoice_id": "inv-acme-2", "amount": "499.00", "currency": "USD"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    with running_server(tmp_path_factory.mktemp("sdk")) as handle:
+        yield handle
+
+
+def intent(issuer: str) -> dict[str, Any]:
+    friday = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"goal": "Reconcile the Q3 invoices and pay approved vendors, up to 500 USD per "
+                    "invoice, by Friday.",
+            "resources": [f"{issuer}/demo/erp", f"{issuer}/demo/mcp"],
+            "purpose": "https://missionbound.dev/purposes/accounts-payable",
+            "mission_expiry": friday,
+            "context": {"max_value": {"amount": "500.00", "currency": "USD"},
+                        "vendors": ["acme"]}}
+
+
+def agent(issuer: str) -> MissionClient:
+    return MissionClient(issuer, "demo-agent", client_secret="demo-agent-secret")
+
+
+def approved(client: MissionClient) -> Mission:
+    pending = client.submit_intent(intent(client.issuer), login_hint="alice")
+    return client.complete(pending, approve(pending.consent_url, "bob"))
+
+
+def test_intent_consent_tokens_refresh_and_narrowing(server: ServerHandle) -> None:
+    issuer = server.base_url
+    with agent(issuer) as client:
+        pending = client.submit_intent(intent(issuer), login_hint="alice")
+        assert pending.consent_url.startswith(f"{issuer}/authorize?client_id=demo-agent&")
+        mission = client.complete(pending, approve(pending.consent_url, "bob"))
+        claims = mission.tokens.claims
+        assert claims["mission"]["id"] == mission.mission_id
+        assert claims["mission"]["origin"] == issuer
+        assert claims["cnf"]["jkt"] == client.jkt  # bound to the agent's DPoP key
+        assert mission.tokens.granted(f"{issuer}/demo/mcp") == [
+            "execute_wire_transfer", "get_invoice", "list_invoices", "schedule_payment"]
+
+        first = mission.tokens
+        refreshed = mission.refresh()
+        assert refreshed.refresh_token not in (None, first.refresh_token)  # rotated
+        assert refreshed.access_token != first.access_token
+        assert mission.tokens is refreshed
+
+        narrowed = mission.narrow(f"{issuer}/demo/erp", scope=["invoices.read"])
+        assert narrowed.claims["aud"] == f"{issuer}/demo/erp"
+        assert [entry["actions"] for entry in narrowed.authorization_details] == [
+            ["invoices.read"]]
+        # The Mission-wide token is kept, with the refresh token the narrowing rotated to.
+        assert mission.tokens.refresh_token == narrowed.refresh_token
+        assert f"{issuer}/demo/mcp" in mission.tokens.claims["aud"]
+
+        # A token about to expire is refreshed before use.
+        stale = mission.tokens
+        mission.aio.tokens = TokenSet(
+            access_token=stale.access_token, token_type=stale.token_type,
+            expires_at=datetime.now(UTC) + timedelta(seconds=5),
+            refresh_token=stale.refresh_token, mission_id=stale.mission_id)
+        assert mission.access_token() != stale.access_token
+
+        # Narrowing never widens: a resource outside the Mission is refused.
+        with pytest.raises(OAuthError) as wider:
+            mission.narrow("https://elsewhere.example/api")
+        assert wider.value.error == "invalid_target"
+
+
+def test_a_bad_intent_and_a_rejected_consent_raise_what_happened(
+        server: ServerHandle) -> None:
+    with agent(server.base_url) as client:
+        with pytest.raises(OAuthError) as bad:
+            client.submit_intent('{"goal": "x", "goal": "y"}', login_hint="alice")
+        assert (bad.value.error, bad.value.status) == ("invalid_request", 400)
+
+        pending = client.submit_intent(intent(client.issuer), login_hint="alice")
+        with BrowserSession("bob") as bob:
+            callback = bob.reject(pending.consent_url)
+        with pytest.raises(ConsentRejected):
+            client.complete(pending, callback)
+
+
+def test_the_agent_waits_for_the_browser_on_its_loopback_redirect(
+        server: ServerHandle) -> None:
+    with agent(server.base_url) as client:
+        pending = client.submit_intent(intent(client.issuer), login_hint="alice")
+        got: list[Mission] = []
+        waiting = threading.Thread(target=lambda: got.append(
+            client.wait_for_approval(pending, timeout=20)))
+        waiting.start()
+        callback = approve(pending.consent_url, "bob")
+        for _ in range(50):  # the browser follows the redirect to the listener
+            try:
+                assert httpx.get(callback, timeout=2).status_code == 200
+                break
+            except httpx.ConnectError:
+                threading.Event().wait(0.1)
+        waiting.join(20)
+        assert got and got[0].mission_id.startswith("msn_")
+
+
+def test_permits_tools_delegation_and_revocation(server: ServerHandle) -> None:
+    issuer = server.base_url
+    erp, mcp = f"{issuer}/demo/erp", f"{issuer}/demo/mcp"
+    with agent(issuer) as client, MissionClient(
+            issuer, "demo-subagent", client_secret="demo-subagent-secret") as sub:
+        mission = approved(client)
+
+        # An API protected by the RS kit.
+        assert mission.request("GET", f"{erp}/invoices").status_code == 200
+        with pytest.raises(ConstraintExceeded) as over:
+            mission.request("POST", f"{erp}/journal-entries",
+                            json={**ENTRY, "invoice_id": "inv-acme-big", "amount": "900.00"})
+        assert over.value.status == 403
+
+        # MCP tools through the gateway: only the grants listed; refusals typed.
+        with mission.mcp(mcp) as tools:
+            assert set(tools.list_tools()) == {"list_invoices", "get_invoice",
+                                               "schedule_payment", "execute_wire_transfer"}
+            assert tools.call_tool("get_invoice", {"invoice_id": "inv-acme-1"})[
+                "amount"] == "120.00"
+            assert tools.call_tool("execute_wire_transfer", WIRE_UNDER_CAP)[
+                "status"] == "executed"
+            with pytest.raises(ConstraintExceeded) as cap:
+                tools.call_tool("execute_wire_transfer", {**WIRE_UNDER_CAP, "amount": "900.00",
+                                                          "invoice_id": "inv-acme-big"})
+            assert cap.value.reason == "parameter_violation"
+            assert cap.value.evaluation_id.startswith("dec_")
+            with pytest.raises(ToolNotGranted) as ungranted:
+                tools.call_tool("send_remittance_email",
+                                {"invoice_id": "inv-acme-1", "to": "ap@acme.example"})
+            assert ungranted.value.reason == "out_of_authority"
+
+        # Local tools: a permit for exactly these arguments, run once.
+        book: list[dict[str, str]] = []
+        local = mission.local_tools(erp, pep=PEP)
+        local.register("journal-entries.write", lambda **entry: book.append(entry) or "posted")
+        permit = local.permit("journal-entries.write", ENTRY)
+        assert permit.token is not None and permit.conditions["use_limit"] == 1
+        with pytest.raises(ArgumentsChanged) as changed:
+            local.run("journal-entries.write", {**ENTRY, "amount": "4990.00"}, permit=permit)
+        assert changed.value.evaluation_id == permit.evaluation_id
+        assert book == []
+        with pytest.raises(PermitRefused):  # the refused permit is spent
+            local.run("journal-entries.write", ENTRY, permit=permit)
+        assert local.run("journal-entries.write", ENTRY) == "posted"  # asks the PDP itself
+        assert book == [ENTRY]
+        with pytest.raises(ConstraintExceeded):
+            local.permit("journal-entries.write", {**ENTRY, "amount": "900.00"})
+
+        # Delegation: the sub-agent's own token, narrowed, naming it as the actor.
+        delegated = mission.delegate(sub, resource=erp, scope=["invoices.read"])
+        assert delegated.claims["act"]["sub"] == "demo-subagent"
+        assert delegated.claims["cnf"]["jkt"] == sub.jkt != client.jkt
+        assert sub.request("GET", f"{erp}/invoices",
+                           access_token=delegated.access_token).status_code == 200
+        with pytest.raises(ToolNotGranted):
+            sub.request("POST", f"{erp}/journal-entries", json=ENTRY,
+                        access_token=delegated.access_token)
+
+        with BrowserSession("bob") as bob:
+            bob.revoke(issuer, mission.mission_id, "sdk test")
+
+        with pytest.raises(MissionRevoked) as refresh:
+            mission.refresh()
+        assert refresh.value.mission_state == "revoked"
+        with pytest.raises(MissionRevoked):
+            mission.delegate(sub, resource=erp, scope=["invoices.read"])
+        with pytest.raises(MissionRevoked):
+            mission.request("GET", f"{erp}/invoices")
+        with pytest.raises(MissionInactive):
+            local.permit("journal-entries.write", ENTRY)
+        with pytest.raises(MissionInactive), mission.mcp(mcp) as tools:
+            tools.call_tool("get_invoice", {"invoice_id": "inv-acme-1"})
+        local.close()
+
+
+def test_the_async_client_is_the_same_client(server: ServerHandle) -> None:
+    issuer = server.base_url
+
+    async def story() -> None:
+        async with AsyncMissionClient(issuer, "demo-agent",
+                                      client_secret="demo-agent-secret") as client:
+            pending = await client.submit_intent(intent(issuer), login_hint="alice")
+            callback = await asyncio.to_thread(approve, pending.consent_url, "bob")
+            mission = await client.complete(pending, callback)
+            response = await mission.request("GET", f"{issuer}/demo/erp/invoices")
+            assert response.status_code == 200
+            async with mission.mcp(f"{issuer}/demo/mcp") as tools:
+                assert "get_invoice" in await tools.list_tools()
+                with pytest.raises(ToolNotGranted):
+                    await tools.call_tool("send_remittance_email",
+                                          {"invoice_id": "inv-acme-1", "to": "x@acme.example"})
+            permit = await mission.permit(f"{issuer}/demo/erp", "journal-entries.write",
+                                          ENTRY, pep=PEP)
+            assert permit.evaluation_id.startswith("dec_")
+
+    asyncio.run(asyncio.wait_for(story(), 60))
+
