@@ -15,6 +15,7 @@ import typer
 
 from missionbound.cli.audit import audit_app
 from missionbound.cli.db import db_app
+from missionbound.cli.demo import demo
 from missionbound.cli.gateway import gateway
 from missionbound.cli.keys import keys_app
 from missionbound.cli.missions import mission_app
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.command()(gateway)
+app.command()(demo)
 app.add_typer(db_app, name="db")
 app.add_typer(mission_app, name="mission")
 app.add_typer(audit_app, name="audit")

@@ -179,9 +179,9 @@ class LocalTools(_OnPortal):
         super().__init__(portal)
         self.aio = aio
 
-    def register(self, name: str, fn: Callable[..., Any], *, consequential: bool = True
-                 ) -> None:
-        self.aio.register(name, fn, consequential=consequential)
+    def register(self, name: str, fn: Callable[..., Any], *, consequential: bool = True,
+                 definition: Mapping[str, Any] | None = None) -> None:
+        self.aio.register(name, fn, consequential=consequential, definition=definition)
 
     def permit(self, name: str, arguments: Mapping[str, Any]) -> Permit:
         return self._wait(self.aio.permit, name, arguments)
@@ -203,6 +203,9 @@ class McpTools(_OnPortal):
 
     def list_tools(self) -> list[str]:
         return self._wait(self.aio.list_tools)
+
+    def definitions(self) -> dict[str, dict[str, Any]]:
+        return self._wait(self.aio.definitions)
 
     def call_tool(self, name: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
         return self._wait(self.aio.call_tool, name, arguments)

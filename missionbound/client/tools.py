@@ -46,6 +46,7 @@ from missionbound.enforce.local import (
     Outcome,
     jwt_permit_verifier,
 )
+from missionbound.enforce.mcp.definitions import definition_of
 from missionbound.enforce.mcp.errors import TOOL_REFUSED
 from missionbound.enforce.mcp.pep import MemoryPermitStore
 from missionbound.enforce.rs.pdp_client import (
@@ -58,6 +59,7 @@ from missionbound.mission.canonical import digest_json
 from missionbound.mission.errors import InvalidRequest
 from missionbound.protocol.access_tokens import AccessTokenRejected, verify_access_token
 from missionbound.protocol.permits import PERMIT_CONSUMED
+from missionbound.protocol.tool_manifest import CapabilitySource
 
 if TYPE_CHECKING:
     from missionbound.client.agent import AsyncMission
@@ -201,6 +203,7 @@ class AsyncLocalTools:
         self._pdp = PdpClient(client.issuer, client_id=pep.client_id,
                               client_secret=pep.client_secret)
         permits = MemoryPermitStore()
+        self._sources: dict[str, dict[str, str] | None] = {}
         self._runner = LocalToolRunner(
             resource,
             jwt_permit_verifier(key_for=client.cached_keys(), issuer=client.issuer,
@@ -208,14 +211,24 @@ class AsyncLocalTools:
             PdpExecutionReporter(self._pdp, permits), presenter_key=client.dpop_key,
             emitter_id=emitter_id or f"{client.client_id}-local-tools")
 
-    def register(self, name: str, fn: Callable[..., Any], *, consequential: bool = True
-                 ) -> None:
-        """Register ``fn`` as tool ``name`` (the action name the Mission grants)."""
+    def register(self, name: str, fn: Callable[..., Any], *, consequential: bool = True,
+                 definition: Mapping[str, Any] | None = None) -> None:
+        """Register ``fn`` as tool ``name`` (the action name the Mission grants).
+
+        ``definition``: the tool's definition object (as an MCP ``tools/list`` carries it,
+        :meth:`AsyncMcpTools.definitions`) when the Mission bound this tool to its
+        definition at approval (tool-manifest binding, docs/mcp.md): every permit request
+        then names it (``capability_source``), and one the approver never saw is refused
+        ``capability_drift``."""
+        source = (CapabilitySource.for_tool(self.resource, name, definition).to_json()
+                  if definition is not None else None)
         self._runner.register(name, fn, consequential=consequential)
+        self._sources[name] = source
 
     async def permit(self, name: str, arguments: Mapping[str, Any]) -> Permit:
         """The PDP's permit for running ``name`` with exactly ``arguments``."""
-        return await self.mission.permit(self.resource, name, arguments, pep=self._pep)
+        return await self.mission.permit(self.resource, name, arguments, pep=self._pep,
+                                         capability_source=self._sources.get(name))
 
     async def run(self, name: str, arguments: Mapping[str, Any], *,
                   permit: Permit | None = None) -> Any:
@@ -253,6 +266,16 @@ class AsyncMcpTools:
         except MCPError as exc:
             raise _mcp_error(exc, "tools/list") from None
         return [tool.name for tool in listed.tools]
+
+    async def definitions(self) -> dict[str, dict[str, Any]]:
+        """Tool name -> its definition object as the gateway lists it (name, description,
+        ``inputSchema``, ...): what the Mission's tool-manifest binding digests."""
+        self._auth.access_token = await self.mission.access_token()
+        try:
+            listed = await self._session.list_tools()
+        except MCPError as exc:
+            raise _mcp_error(exc, "tools/list") from None
+        return {tool.name: definition_of(tool) for tool in listed.tools}
 
     async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
         self._auth.access_token = await self.mission.access_token()

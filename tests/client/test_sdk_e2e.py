@@ -20,6 +20,7 @@ import pytest
 from missionbound.client import (
     ArgumentsChanged,
     AsyncMissionClient,
+    CapabilityDrift,
     ConsentRejected,
     ConstraintExceeded,
     Mission,
@@ -215,6 +216,40 @@ def test_permits_tools_delegation_and_revocation(server: ServerHandle) -> None:
         with pytest.raises(MissionInactive), mission.mcp(mcp) as tools:
             tools.call_tool("get_invoice", {"invoice_id": "inv-acme-1"})
         local.close()
+
+
+def test_a_local_tool_bound_to_its_definition_at_approval(server: ServerHandle) -> None:
+    """The demo binds every tool of /demo/mcp to its definition at approval: a local tool
+    registered without the definition is refused capability_drift, one registered with
+    the definition the gateway lists (the one the approver saw) gets its permit and runs."""
+    issuer = server.base_url
+    mcp = f"{issuer}/demo/mcp"
+    arguments = {"invoice_id": "inv-acme-2", "date": "2026-12-01"}
+    with agent(issuer) as client:
+        mission = approved(client)
+        with mission.mcp(mcp) as gateway:
+            definitions = gateway.definitions()
+        assert set(definitions) == {"list_invoices", "get_invoice", "schedule_payment",
+                                    "execute_wire_transfer"}
+        assert "inputSchema" in definitions["schedule_payment"]
+
+        unbound = mission.local_tools(mcp, pep=PEP)
+        unbound.register("schedule_payment", lambda **_: "scheduled")
+        with pytest.raises(CapabilityDrift) as drift:
+            unbound.run("schedule_payment", arguments)
+        assert drift.value.evaluation_id.startswith("dec_")
+
+        bound = mission.local_tools(mcp, pep=PEP)
+        bound.register("schedule_payment", lambda **_: "scheduled",
+                       definition=definitions["schedule_payment"])
+        assert bound.run("schedule_payment", arguments) == "scheduled"
+        changed = {**definitions["schedule_payment"], "description": "something else"}
+        other = mission.local_tools(mcp, pep=PEP)
+        other.register("schedule_payment", lambda **_: "scheduled", definition=changed)
+        with pytest.raises(CapabilityDrift):
+            other.run("schedule_payment", arguments)
+        for tools in (unbound, bound, other):
+            tools.close()
 
 
 def test_the_async_client_is_the_same_client(server: ServerHandle) -> None:
