@@ -28,15 +28,11 @@ from missionbound.demo.instance import DemoInstance, DemoInstanceError, PortInUs
 from missionbound.demo.scenario import (
     AGENT_ID,
     AGENT_SECRET,
-    Outcome,
-    Step,
-    StepReport,
-    StepResult,
     StoryContext,
     demo_steps,
     mission_intent,
-    run_story,
 )
+from missionbound.demo.story import Outcome, Step, StepReport, StepResult, run_story
 
 TIMEOUT = 60.0  # seconds: a bound on one demo run (it takes a few)
 STOP_TIMEOUT = 20.0  # seconds for --keep-running to stop after SIGINT

@@ -41,7 +41,8 @@ def demo(
     """
     # Imported here: the other commands need neither uvicorn nor the web stack.
     from missionbound.demo.instance import DemoInstance, DemoInstanceError
-    from missionbound.demo.scenario import StoryContext, demo_steps, run_story
+    from missionbound.demo.scenario import StoryContext, demo_steps
+    from missionbound.demo.story import run_story
     from missionbound.demo.timeline import Timeline
 
     try:

@@ -16,14 +16,14 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
-from missionbound.demo.scenario import Step, StepReport, StoryReport
+from missionbound.demo.story import Step, StepReport, StoryReport
 
 _PASS, _FAIL = "✓", "✗"
 _INDENT = " " * 6  # under the step's words, past its number and mark
 
 
 class Timeline:
-    """Prints a story's steps to ``console`` as :func:`~missionbound.demo.scenario.run_story`
+    """Prints a story's steps to ``console`` as :func:`~missionbound.demo.story.run_story`
     reports them (pass :meth:`step` as its ``on_step``)."""
 
     def __init__(self, console: Console) -> None:
