@@ -273,9 +273,12 @@ class AsyncMission:
         self._lock = anyio.Lock()
 
     async def access_token(self) -> str:
-        """The current access token, refreshed first when it is about to expire."""
+        """The current access token, refreshed first when it is about to expire (once, for
+        any number of tasks asking at the same time)."""
         if self.tokens.expires_within(REFRESH_MARGIN_SECONDS):
-            await self.refresh()
+            async with self._lock:
+                if self.tokens.expires_within(REFRESH_MARGIN_SECONDS):
+                    self.tokens = await self._refresh_grant([])
         return self.tokens.access_token
 
     async def refresh(self) -> TokenSet:

@@ -272,5 +272,17 @@ def test_the_async_client_is_the_same_client(server: ServerHandle) -> None:
                                           ENTRY, pep=PEP)
             assert permit.evaluation_id.startswith("dec_")
 
+            # Ten tasks needing a fresh token at once: one refresh, one rotation.
+            stale = mission.tokens
+            mission.tokens = TokenSet(
+                access_token=stale.access_token, token_type=stale.token_type,
+                expires_at=datetime.now(UTC), refresh_token=stale.refresh_token,
+                mission_id=stale.mission_id)
+            tokens = await asyncio.gather(*(mission.access_token() for _ in range(10)))
+            assert len(set(tokens)) == 1 and tokens[0] != stale.access_token
+            # The rotated refresh token still works: no task spent an old one again (that
+            # would have revoked the grant).
+            assert (await mission.refresh()).access_token
+
     asyncio.run(asyncio.wait_for(story(), 60))
 
