@@ -200,7 +200,10 @@ def print_demo_banner(settings: Settings) -> None:
         f"database {settings.database_url_for_display}\n"
         f"docs     {settings.issuer}/docs\n"
         f"console  {settings.issuer}/console/\n"
-        f"demo ERP {settings.issuer}/demo/erp (a Resource Server, docs/resource-servers.md)",
+        f"demo ERP {settings.issuer}/demo/erp (a Resource Server, docs/resource-servers.md)\n"
+        f"demo MCP {settings.issuer}/demo/mcp (the MCP gateway, docs/mcp.md)\n"
+        "next     in another terminal: .venv/bin/python examples/agent.py --approve-as bob"
+        " (docs/quickstart.md)",
         highlight=False,
     )
 
