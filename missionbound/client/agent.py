@@ -20,16 +20,19 @@ Refusals raise the typed errors of :mod:`missionbound.client.errors` (``MissionR
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import httpx
+from joserfc import jwt
 from joserfc.jwk import ECKey, Key
 
 from missionbound.client.callback import wait_for_callback
-from missionbound.client.dpop import create_dpop_proof
+from missionbound.client.dpop import create_dpop_proof, default_alg
 from missionbound.client.errors import MissionClientError
 from missionbound.client.oauth import (
     ACCESS_TOKEN_TYPE,
@@ -50,26 +53,34 @@ if TYPE_CHECKING:
 # A token this close to its expiry is refreshed before use (clocks differ; requests take time).
 REFRESH_MARGIN_SECONDS: Final = 30.0
 METADATA_PATH: Final = "/.well-known/oauth-authorization-server"
+JWT_BEARER_ASSERTION: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+CLIENT_ASSERTION_SECONDS: Final = 60
 _REFUSALS: Final = frozenset({401, 403, 503})
 
 
 class AsyncMissionClient:
     """One OAuth client of a Mission-bound Authorization Server at ``issuer``.
 
-    ``client_secret`` authenticates it (``client_secret_basic``); without one it is a public
-    client. ``dpop_key`` is its private DPoP key (a fresh P-256 key by default; keep your own
+    It authenticates with ``client_secret`` (``client_secret_basic``) or ``client_key``, a
+    private key whose public half the AS has registered for it (``private_key_jwt``, RFC
+    7523: a fresh single-use assertion per request); with neither it is a public client.
+    ``dpop_key`` is its private DPoP key (a fresh P-256 key by default; keep your own
     to bind tokens across runs). ``http`` is used as given (its timeouts, proxies); without
     one the client makes its own and :meth:`aclose` closes it.
     """
 
     def __init__(self, issuer: str, client_id: str, *, client_secret: str | None = None,
-                 redirect_uri: str = DEFAULT_REDIRECT_URI, dpop_key: Key | None = None,
-                 http: httpx.AsyncClient | None = None, timeout: float = 10.0) -> None:
+                 client_key: Key | None = None, redirect_uri: str = DEFAULT_REDIRECT_URI,
+                 dpop_key: Key | None = None, http: httpx.AsyncClient | None = None,
+                 timeout: float = 10.0) -> None:
+        if client_secret is not None and client_key is not None:
+            raise ValueError("a client authenticates with a secret or a key, not both")
         self.issuer = issuer.rstrip("/")
         self.client_id = client_id
         self.redirect_uri = redirect_uri
         self.dpop_key: Key = dpop_key or ECKey.generate_key("P-256", private=True)
         self._secret = client_secret
+        self._client_key = client_key
         self._owned = http is None
         self.http = http or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         self._metadata: dict[str, Any] | None = None
@@ -229,9 +240,10 @@ class AsyncMissionClient:
         body = list(form) if auth is not None or any(k == "client_id" for k, _ in form) \
             else [*form, ("client_id", self.client_id)]
         for attempt in range(2):
+            sent = body if self._client_key is None else [*body, *self._client_assertion()]
             try:
                 response = await self.http.post(
-                    url, data=dict(_multi(body)), auth=auth or httpx.USE_CLIENT_DEFAULT,
+                    url, data=dict(_multi(sent)), auth=auth or httpx.USE_CLIENT_DEFAULT,
                     headers={"DPoP": self._proof("POST", url)})
             except httpx.HTTPError as exc:
                 raise MissionClientError(f"{what}: cannot reach {url}: "
@@ -245,6 +257,21 @@ class AsyncMissionClient:
         if response.status_code != expect or not isinstance(answer, dict):
             raise refusal(response.status_code, answer, what=what)
         return answer
+
+    def _client_assertion(self) -> list[tuple[str, str]]:
+        """``private_key_jwt`` (RFC 7523 section 2.2): a JWT of this client's key, for the
+        issuer (its identifier is the only audience the AS accepts: rfc7523bis), single use,
+        short-lived."""
+        assert self._client_key is not None
+        now = int(time.time())
+        header = {"alg": default_alg(self._client_key), "typ": "JWT"}
+        if self._client_key.kid:
+            header["kid"] = self._client_key.kid
+        claims = {"iss": self.client_id, "sub": self.client_id, "aud": self.issuer,
+                  "iat": now, "exp": now + CLIENT_ASSERTION_SECONDS,
+                  "jti": secrets.token_urlsafe(16)}
+        return [("client_assertion_type", JWT_BEARER_ASSERTION),
+                ("client_assertion", jwt.encode(header, claims, self._client_key))]
 
     def _proof(self, method: str, url: str, *, access_token: str | None = None) -> str:
         return create_dpop_proof(self.dpop_key, method=method, url=url,

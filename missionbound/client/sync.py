@@ -49,13 +49,14 @@ class MissionClient(_OnPortal):
     :class:`~missionbound.client.agent.AsyncMissionClient` for every argument."""
 
     def __init__(self, issuer: str, client_id: str, *, client_secret: str | None = None,
-                 redirect_uri: str = DEFAULT_REDIRECT_URI, dpop_key: Key | None = None,
-                 timeout: float = 10.0) -> None:
+                 client_key: Key | None = None, redirect_uri: str = DEFAULT_REDIRECT_URI,
+                 dpop_key: Key | None = None, timeout: float = 10.0) -> None:
+        # The async client first: a bad argument then leaves no event-loop thread behind.
+        self.aio = AsyncMissionClient(issuer, client_id, client_secret=client_secret,
+                                      client_key=client_key, redirect_uri=redirect_uri,
+                                      dpop_key=dpop_key, timeout=timeout)
         self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
         super().__init__(self._portal_cm.__enter__())
-        self.aio = AsyncMissionClient(issuer, client_id, client_secret=client_secret,
-                                      redirect_uri=redirect_uri, dpop_key=dpop_key,
-                                      timeout=timeout)
 
     def __enter__(self) -> MissionClient:
         return self

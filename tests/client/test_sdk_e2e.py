@@ -12,10 +12,12 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from joserfc.jwk import ECKey
 
 from missionbound.client import (
     ArgumentsChanged,
@@ -35,6 +37,8 @@ from missionbound.client import (
 from missionbound.client.oauth import TokenSet
 from missionbound.demo.approver import BrowserSession, approve
 from tests.e2e_support import ServerHandle, running_server
+from tests.issuer.test_client_authentication import REDIRECT_URI as KEY_REDIRECT
+from tests.issuer.test_client_authentication import tenant_file
 
 PEP = PepCredentials("demo-rs", "demo-rs-secret")  # DEMO SECRET
 WIRE_UNDER_CAP = {"invoice_id": "inv-acme-1", "vendor": "acme", "amount": "120.00",
@@ -250,6 +254,28 @@ def test_a_local_tool_bound_to_its_definition_at_approval(server: ServerHandle) 
             other.run("schedule_payment", arguments)
         for tools in (unbound, bound, other):
             tools.close()
+
+
+def test_a_client_authenticating_with_its_key(tmp_path: Path) -> None:
+    """``private_key_jwt``: a client whose registered JWKS holds the public half of
+    ``client_key`` gets its Mission with a fresh assertion per request (each is single use:
+    PAR, the code, the refresh and each retry with the AS's DPoP nonce, required here, all
+    authenticate)."""
+    key = ECKey.generate_key("P-256", private=True)
+    env = {"MISSIONBOUND_TENANT_FILE": str(tenant_file(tmp_path, key)),
+           "MISSIONBOUND_DPOP_NONCE_REQUIRED": "true"}
+    with running_server(tmp_path, env=env) as keyed, MissionClient(
+            keyed.base_url, "key-agent", client_key=key, redirect_uri=KEY_REDIRECT) as client:
+        issuer = keyed.base_url
+        erp_only = {name: value for name, value in intent(issuer).items() if name != "purpose"}
+        pending = client.submit_intent({**erp_only, "resources": [f"{issuer}/demo/erp"]},
+                                       login_hint="carol")
+        callback = approve(pending.consent_url, "carol", password="carol-password-not-demo")
+        mission = client.complete(pending, callback)
+        assert mission.tokens.claims["client_id"] == "key-agent"
+        assert mission.refresh().refresh_token
+    with pytest.raises(ValueError, match="not both"):
+        MissionClient("http://127.0.0.1:1", "x", client_secret="s", client_key=key)
 
 
 def test_the_async_client_is_the_same_client(server: ServerHandle) -> None:
