@@ -113,6 +113,22 @@ def test_intent_consent_tokens_refresh_and_narrowing(server: ServerHandle) -> No
         assert wider.value.error == "invalid_target"
 
 
+def test_an_authorization_details_proposal_is_what_gets_granted(server: ServerHandle) -> None:
+    issuer = server.base_url
+    erp = f"{issuer}/demo/erp"
+    proposal = [{"type": "mission_resource_access", "resource": erp,
+                 "actions": ["invoices.read"]}]
+    with agent(issuer) as client:
+        pending = client.submit_intent(intent(issuer), login_hint="alice",
+                                       authorization_details=proposal)
+        mission = client.complete(pending, approve(pending.consent_url, "bob"))
+        granted = {entry["resource"]: entry["actions"]
+                   for entry in mission.tokens.authorization_details}
+        assert granted == {erp: ["invoices.read"]}
+        with pytest.raises(ToolNotGranted):
+            mission.request("POST", f"{erp}/journal-entries", json=ENTRY)
+
+
 def test_a_bad_intent_and_a_rejected_consent_raise_what_happened(
         server: ServerHandle) -> None:
     with agent(server.base_url) as client:
