@@ -127,7 +127,9 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Interface `serve` listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port `serve` listens on.")
     data_dir: Path = Field(
-        default=Path("var"), description="Folder for the SQLite database and the demo payments ledger (signing keys live in the database)."
+        default=Path("var"),
+        description="Folder for the SQLite database and the demo payments ledger (signing "
+        "keys live in the database).",
     )
     database_url: str = Field(
         default="",

@@ -138,7 +138,7 @@ def test_the_readme_quickstart_works_as_written(tmp_path: Path,
             agent.wait_for(r"^stopped: the Mission is revoked$", timeout=30)
             assert agent.process.wait(15) == 0
         if " mission show " in command:
-            assert "revoked" in result.stdout
+            assert re.search(r"│ state\s+revoked\s", result.stdout), result.stdout
         if command.endswith("missionbound demo"):
             assert re.search(r"all \d+ steps went as expected", result.stdout), result.stdout
 

@@ -32,6 +32,8 @@ from missionbound.store import Store
 from missionbound.store.migrate import current_revision, head_revision, upgrade_engine
 from missionbound.tenant import demo_credentials
 
+# The issuer `make run` serves and the example agent assumes (examples/agent.py).
+DEFAULT_LOCAL_ISSUER = "http://127.0.0.1:8000"
 _UPSTREAM_SEPARATOR = re.compile(r"\s*=\s*(?=https?://)", re.IGNORECASE)
 
 
@@ -203,7 +205,8 @@ def print_demo_banner(settings: Settings) -> None:
         f"demo ERP {settings.issuer}/demo/erp (a Resource Server, docs/resource-servers.md)\n"
         f"demo MCP {settings.issuer}/demo/mcp (the MCP gateway, docs/mcp.md)\n"
         "next     in another terminal: .venv/bin/python examples/agent.py --approve-as bob"
-        " (docs/quickstart.md)",
+        + ("" if settings.issuer == DEFAULT_LOCAL_ISSUER else f" --issuer {settings.issuer}")
+        + " (docs/quickstart.md)",
         highlight=False,
     )
 

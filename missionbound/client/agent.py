@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlencode
 
 import anyio
 import httpx
@@ -32,7 +36,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, Key
 
 from missionbound.client.callback import wait_for_callback
-from missionbound.client.dpop import create_dpop_proof, default_alg
+from missionbound.client.dpop import create_dpop_proof, default_alg, origin_of
 from missionbound.client.errors import MissionClientError
 from missionbound.client.oauth import (
     ACCESS_TOKEN_TYPE,
@@ -145,7 +149,7 @@ class AsyncMissionClient:
         (``invalid_request``, ``invalid_authorization_details``, ...): nothing is stored."""
         metadata = await self.metadata()
         verifier, challenge = pkce_pair()
-        state = pkce_pair()[0][:24]
+        state = secrets.token_urlsafe(18)
         form: list[tuple[str, str]] = [
             ("response_type", "code"), ("client_id", self.client_id),
             ("redirect_uri", self.redirect_uri), ("code_challenge", challenge),
@@ -181,8 +185,15 @@ class AsyncMissionClient:
                                 ) -> AsyncMission:
         """Listen on the (loopback) redirect URI until the approver's browser comes back,
         then :meth:`complete`. For agents that run in a terminal."""
-        callback_url = await anyio.to_thread.run_sync(
-            lambda: wait_for_callback(pending.redirect_uri, timeout=timeout))
+        stop = threading.Event()
+        try:
+            # Abandoned on cancellation, and told to stop: the listener's port is freed
+            # within a second instead of at the timeout.
+            callback_url = await anyio.to_thread.run_sync(
+                partial(wait_for_callback, pending.redirect_uri, timeout=timeout,
+                        state=pending.state, stop=stop), abandon_on_cancel=True)
+        finally:
+            stop.set()
         return await self.complete(pending, callback_url)
 
     async def exchange(self, subject_token: str, *, resource: str | None = None,
@@ -213,14 +224,16 @@ class AsyncMissionClient:
         fresh proof (nonce retry once). A refusal of the enforcement point (401, 403, 503
         with an error body) raises its typed error; any other answer is returned."""
         for attempt in range(2):
+            sent_nonce = self._nonces.get(origin_of(url))
             headers = {"Authorization": f"DPoP {access_token}",
-                       "DPoP": self._proof(method, url, access_token=access_token)}
+                       "DPoP": self._proof(method, url, sent_nonce, access_token=access_token)}
             try:
                 response = await self.http.request(method, url, json=json, params=params,
                                                     headers=headers)
             except httpx.HTTPError as exc:
                 raise MissionClientError(f"{method} {url}: {type(exc).__name__}") from exc
-            if attempt == 0 and self._learn_nonce(url, response) \
+            new_nonce = self._learn_nonce(url, response)
+            if attempt == 0 and new_nonce not in (None, sent_nonce) \
                     and response.status_code == 401 \
                     and "use_dpop_nonce" in response.headers.get("WWW-Authenticate", ""):
                 continue
@@ -235,55 +248,60 @@ class AsyncMissionClient:
     async def _post_to_as(self, url: str, form: Sequence[tuple[str, str]], *, expect: int,
                           what: str) -> dict[str, Any]:
         """POST a form to the AS with client authentication and a DPoP proof; once more
-        with the AS's nonce when it asks for one (RFC 9449 section 8)."""
+        with the AS's nonce when it asks for one (RFC 9449 section 8). Every answer's
+        ``DPoP-Nonce`` is remembered; the retry happens when the nonce the AS wants is not
+        the one this request carried (another task may have learnt it meanwhile)."""
         auth = (self.client_id, self._secret) if self._secret is not None else None
         body = list(form) if auth is not None or any(k == "client_id" for k, _ in form) \
             else [*form, ("client_id", self.client_id)]
         for attempt in range(2):
-            sent = body if self._client_key is None else [*body, *self._client_assertion()]
+            sent_nonce = self._nonces.get(origin_of(url))
+            sent = body if self._client_key is None \
+                else [*body, *client_assertion(self._client_key, self.client_id, self.issuer)]
             try:
                 response = await self.http.post(
-                    url, data=dict(_multi(sent)), auth=auth or httpx.USE_CLIENT_DEFAULT,
-                    headers={"DPoP": self._proof("POST", url)})
+                    url, content=urlencode(sent), auth=auth or httpx.USE_CLIENT_DEFAULT,
+                    headers={"DPoP": self._proof("POST", url, sent_nonce),
+                             "Content-Type": "application/x-www-form-urlencoded"})
             except httpx.HTTPError as exc:
                 raise MissionClientError(f"{what}: cannot reach {url}: "
                                          f"{type(exc).__name__}") from exc
             answer = _json_or_none(response)
-            if attempt == 0 and self._learn_nonce(url, response) \
+            new_nonce = self._learn_nonce(url, response)
+            if attempt == 0 and new_nonce not in (None, sent_nonce) \
                     and response.status_code == 400 and isinstance(answer, dict) \
                     and answer.get("error") == "use_dpop_nonce":
                 continue
             break
         if response.status_code != expect or not isinstance(answer, dict):
-            raise refusal(response.status_code, answer, what=what)
+            raise refusal(response.status_code, answer, what=what, from_as=True)
         return answer
 
-    def _client_assertion(self) -> list[tuple[str, str]]:
-        """``private_key_jwt`` (RFC 7523 section 2.2): a JWT of this client's key, for the
-        issuer (its identifier is the only audience the AS accepts: rfc7523bis), single use,
-        short-lived."""
-        assert self._client_key is not None
-        now = int(time.time())
-        header = {"alg": default_alg(self._client_key), "typ": "JWT"}
-        if self._client_key.kid:
-            header["kid"] = self._client_key.kid
-        claims = {"iss": self.client_id, "sub": self.client_id, "aud": self.issuer,
-                  "iat": now, "exp": now + CLIENT_ASSERTION_SECONDS,
-                  "jti": secrets.token_urlsafe(16)}
-        return [("client_assertion_type", JWT_BEARER_ASSERTION),
-                ("client_assertion", jwt.encode(header, claims, self._client_key))]
-
-    def _proof(self, method: str, url: str, *, access_token: str | None = None) -> str:
+    def _proof(self, method: str, url: str, nonce: str | None, *,
+               access_token: str | None = None) -> str:
         return create_dpop_proof(self.dpop_key, method=method, url=url,
-                                 access_token=access_token, nonce=self._nonces.get(_origin(url)))
+                                 access_token=access_token, nonce=nonce)
 
-    def _learn_nonce(self, url: str, response: httpx.Response) -> bool:
-        """Remember a nonce the server sent; True when it is a new one."""
-        nonce = response.headers.get("DPoP-Nonce")
-        if not nonce or self._nonces.get(_origin(url)) == nonce:
-            return False
-        self._nonces[_origin(url)] = nonce
-        return True
+    def _learn_nonce(self, url: str, response: httpx.Response) -> str | None:
+        """Remember the nonce a server sent (the newest wins, RFC 9449 section 8.2)."""
+        nonce: str | None = response.headers.get("DPoP-Nonce")
+        if nonce:
+            self._nonces[origin_of(url)] = nonce
+        return nonce
+
+
+def client_assertion(key: Key, client_id: str, issuer: str) -> list[tuple[str, str]]:
+    """``private_key_jwt`` (RFC 7523 section 2.2): a JWT of the client's key for the issuer
+    (its identifier is the only audience the AS accepts: rfc7523bis), single use,
+    short-lived."""
+    now = int(time.time())
+    header = {"alg": default_alg(key), "typ": "JWT"}
+    if key.kid:
+        header["kid"] = key.kid
+    claims = {"iss": client_id, "sub": client_id, "aud": issuer, "iat": now,
+              "exp": now + CLIENT_ASSERTION_SECONDS, "jti": secrets.token_urlsafe(16)}
+    return [("client_assertion_type", JWT_BEARER_ASSERTION),
+            ("client_assertion", jwt.encode(header, claims, key))]
 
 
 class AsyncMission:
@@ -319,19 +337,18 @@ class AsyncMission:
     async def narrow(self, resource: str, *, scope: Sequence[str] | None = None) -> TokenSet:
         """A token for one resource only (RFC 8707 ``resource``, optionally fewer actions
         with ``scope``): ``aud`` is that resource and ``authorization_details`` its entries.
-        Hand it to a component that needs no more. The Mission's own token is kept."""
+        Hand it to a component that needs no more: it comes without a refresh token. The
+        Mission's own tokens are kept (with the refresh token the request rotated to)."""
         form = [("resource", resource)]
         if scope:
             form.append(("scope", " ".join(scope)))
         async with self._lock:
             narrowed = await self._refresh_grant(form)
             # The refresh token rotated: keep the new one, and the Mission-wide access token.
-            self.tokens = TokenSet(
-                access_token=self.tokens.access_token, token_type=self.tokens.token_type,
-                expires_at=self.tokens.expires_at, refresh_token=narrowed.refresh_token,
-                mission_id=self.tokens.mission_id,
-                authorization_details=self.tokens.authorization_details)
-            return narrowed
+            self.tokens = replace(self.tokens, refresh_token=narrowed.refresh_token)
+        # Never hand the refresh token out with the narrowed token: it refreshes to the whole
+        # Mission, and its use by another would revoke the agent's grant (reuse detection).
+        return replace(narrowed, refresh_token=None)
 
     async def delegate(self, delegate: AsyncMissionClient, *, resource: str,
                        scope: Sequence[str] | None = None) -> TokenSet:
@@ -381,23 +398,6 @@ class AsyncMission:
 
     def __repr__(self) -> str:
         return f"AsyncMission({self.mission_id!r}, expires_at={self.tokens.expires_at})"
-
-
-def _multi(form: Sequence[tuple[str, str]]) -> dict[str, str | list[str]]:
-    """A form for httpx's ``data``: a name sent several times becomes a list."""
-    out: dict[str, str | list[str]] = {}
-    for name, value in form:
-        if name in out:
-            previous = out[name]
-            out[name] = [*previous, value] if isinstance(previous, list) else [previous, value]
-        else:
-            out[name] = value
-    return out
-
-
-def _origin(url: str) -> str:
-    parsed = httpx.URL(url)
-    return f"{parsed.scheme}://{parsed.host}:{parsed.port or {'http': 80}.get(parsed.scheme, 443)}"
 
 
 def _json_or_none(response: httpx.Response) -> Any:

@@ -8,21 +8,28 @@ and :func:`wait_for_callback` returns the full URL it was sent to (the code, ``s
 
 from __future__ import annotations
 
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from missionbound.client.errors import MissionClientError
 
 PAGE: Final = b"The agent has its answer; you can close this tab.\n"
 
 
-def wait_for_callback(redirect_uri: str, *, timeout: float = 300.0) -> str:
+def wait_for_callback(redirect_uri: str, *, timeout: float = 300.0, state: str | None = None,
+                      stop: threading.Event | None = None) -> str:
     """Serve ``redirect_uri`` (an ``http://127.0.0.1:<port>/<path>`` or ``localhost`` URI)
-    until one request arrives at its path, and return that request's full URL. Raises
-    :class:`MissionClientError` when the port is taken or nothing arrives in ``timeout``
-    seconds. Other paths (a browser's ``/favicon.ico``) get 404 and are not the answer."""
+    until the authorization response arrives at its path, and return that request's full
+    URL. With ``state``, only a request carrying that ``state`` is the answer: any page the
+    browser visits can send it to the loopback port, so others get 400 and the wait goes on.
+    Other paths (a browser's ``/favicon.ico``) get 404.
+
+    Raises :class:`MissionClientError` when the port is taken, when nothing arrives in
+    ``timeout`` seconds, or when ``stop`` is set (the caller gave up: checked every second
+    at most, so a cancelled wait ends promptly)."""
     parts = urlsplit(redirect_uri)
     if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1") \
             or parts.port is None:
@@ -32,8 +39,12 @@ def wait_for_callback(redirect_uri: str, *, timeout: float = 300.0) -> str:
 
     class Callback(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if urlsplit(self.path).path != parts.path:
+            target = urlsplit(self.path)
+            if target.path != parts.path:
                 self.send_error(404)
+                return
+            if state is not None and parse_qs(target.query).get("state") != [state]:
+                self.send_error(400, "not the answer this agent is waiting for")
                 return
             received.append(f"{parts.scheme}://{parts.netloc}{self.path}")
             self.send_response(200)
@@ -56,6 +67,8 @@ def wait_for_callback(redirect_uri: str, *, timeout: float = 300.0) -> str:
             if remaining <= 0:
                 raise MissionClientError(f"no answer arrived at {redirect_uri} within "
                                          f"{timeout:g} s")
+            if stop is not None and stop.is_set():
+                raise MissionClientError(f"stopped waiting for the answer at {redirect_uri}")
             server.timeout = min(1.0, remaining)
             server.handle_request()
     finally:

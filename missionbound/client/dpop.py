@@ -46,6 +46,15 @@ def default_alg(key: Key) -> str:
         + (f" {key.curve_name}" if isinstance(key, ECKey | OKPKey) else ""))
 
 
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of ``url``, the port explicit: DPoP nonces are one server's
+    (RFC 9449 section 8), so a client keeps them per origin."""
+    parts = urlsplit(url)
+    port = parts.port if parts.port is not None else {"http": 80, "https": 443}.get(
+        parts.scheme)
+    return f"{parts.scheme}://{parts.hostname}:{port}"
+
+
 def proof_htu(url: str) -> str:
     """The ``htu`` for a request to ``url``: the URL without its query and fragment (RFC 9449
     section 4.2). The server normalizes before comparing, so the rest is sent as is."""

@@ -107,14 +107,16 @@ class InvalidToolArguments(MissionClientError):
 
 def error_for(description: str, *, error: str | None = None, reason: str | None = None,
               evaluation_id: str | None = None, status: int | None = None,
-              mission_state: str | None = None) -> MissionClientError:
+              mission_state: str | None = None, oauth: bool = False) -> MissionClientError:
     """The most specific error for what a server said. Mission state first (a stopped
-    Mission explains every other refusal), then the PDP's reason, then the wire code."""
+    Mission explains every other refusal), then the PDP's or enforcement point's reason,
+    then the wire code: ``oauth`` says the answer came from the AS's OAuth endpoints, whose
+    every ``error`` is an OAuth error (``invalid_client`` on a 401 included)."""
     if mission_state not in (None, "active") or reason in INACTIVE_REASONS:
         kind = MissionRevoked if mission_state == "revoked" else MissionInactive
         return kind(description, mission_state=mission_state, error=error, reason=reason,
                     evaluation_id=evaluation_id, status=status)
-    return _class_for(error, reason, status)(
+    return _class_for(error, reason, oauth)(
         description, error=error, reason=reason, evaluation_id=evaluation_id, status=status)
 
 
@@ -129,18 +131,16 @@ _BY_REASON: Final[dict[str, type[MissionClientError]]] = {
 
 
 def _class_for(error: str | None, reason: str | None,
-               status: int | None) -> type[MissionClientError]:
+               oauth: bool) -> type[MissionClientError]:
     if reason in _BY_REASON:
         return _BY_REASON[reason]
-    if error == "access_denied":
-        return ConsentRejected
-    if error == "temporarily_unavailable":
-        return PdpUnavailable
+    if oauth and error is not None:
+        return OAuthError
     if reason is not None or error == "insufficient_scope":
         return ActionDenied
-    if error is not None and status != 401:
-        return OAuthError
-    return MissionClientError
+    if error == "temporarily_unavailable":  # an enforcement point failing closed (503)
+        return PdpUnavailable
+    return MissionClientError  # e.g. an API's 401 invalid_token: the token, not the Mission
 
 
 __all__ = [

@@ -36,7 +36,7 @@ from mcp import Client
 from mcp.client._transport import TransportStreams
 from mcp.client.streamable_http import streamable_http_client
 
-from missionbound.client.dpop import create_dpop_proof, default_alg
+from missionbound.client.dpop import create_dpop_proof, default_alg, origin_of
 
 # The MCP transports' defaults (mcp.shared._httpx_utils): 30 s to connect and send, and a
 # long read, because a server may hold an event stream open.
@@ -79,11 +79,11 @@ class DPoPAuth(httpx2.Auth):
 
     def nonce_for(self, url: str | httpx2.URL) -> str | None:
         """The last nonce the server at ``url``'s origin sent, if any."""
-        return self._nonces.get(_origin(httpx2.URL(url)))
+        return self._nonces.get(origin_of(str(url)))
 
     def auth_flow(self, request: httpx2.Request
                   ) -> Generator[httpx2.Request, httpx2.Response, None]:
-        origin = _origin(request.url)
+        origin = origin_of(str(request.url))
         with self._lock:
             sent_nonce = self._nonces.get(origin)
         token = self.access_token  # the same token on the retry, whatever a refresh does
@@ -124,11 +124,6 @@ async def _dpop_transport(url: str, auth: DPoPAuth,
     async with httpx2.AsyncClient(auth=auth, timeout=timeout) as http, \
             streamable_http_client(url, http_client=http) as streams:
         yield streams
-
-
-def _origin(url: httpx2.URL) -> str:
-    port = url.port if url.port is not None else {"http": 80, "https": 443}.get(url.scheme)
-    return f"{url.scheme}://{url.host}:{port}"
 
 
 def _asks_for_nonce(response: httpx2.Response) -> bool:

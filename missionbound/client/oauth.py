@@ -18,7 +18,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from missionbound.client.errors import MissionClientError, error_for
+from missionbound.client.errors import (
+    ConsentRejected,
+    MissionClientError,
+    OAuthError,
+    error_for,
+)
 
 # The demo tenant's registered redirect URI for demo-agent; a CLI agent listens there.
 DEFAULT_REDIRECT_URI: Final = "http://127.0.0.1:8765/callback"
@@ -127,23 +132,26 @@ def read_callback(callback_url: str, pending: PendingMission, *, issuer: str) ->
         raise MissionClientError(f"the authorization response comes from "
                                  f"{answer.get('iss')!r}, not {issuer!r} (RFC 9207)")
     if "error" in answer:
-        raise error_for(answer.get("error_description") or "the authorization was refused",
-                        error=answer["error"], status=400)
+        description = answer.get("error_description") or "the authorization was refused"
+        if answer["error"] == "access_denied":  # RFC 6749 4.1.2.1: the approver said no
+            raise ConsentRejected(description, error="access_denied")
+        raise OAuthError(description, error=answer["error"])
     if not answer.get("code"):
         raise MissionClientError("the authorization response has no code")
     return answer["code"]
 
 
-def refusal(status: int, body: Any, *, what: str) -> MissionClientError:
-    """The typed error for a refused request: an OAuth error answer (``error``,
-    ``error_description``, ``mission_state``) or an RS kit refusal (plus ``reason`` and
-    ``evaluation_id``); anything else is reported with its status."""
+def refusal(status: int, body: Any, *, what: str, from_as: bool = False
+            ) -> MissionClientError:
+    """The typed error for a refused request: an OAuth error answer of the AS (``from_as``:
+    ``error``, ``error_description``, ``mission_state``) or an enforcement point's refusal
+    (plus ``reason`` and ``evaluation_id``); anything else is reported with its status."""
     if isinstance(body, Mapping) and isinstance(body.get("error"), str):
         return error_for(str(body.get("error_description") or f"{what} was refused"),
                          error=body["error"], reason=_str_or_none(body.get("reason")),
                          evaluation_id=_str_or_none(body.get("evaluation_id")),
                          mission_state=_str_or_none(body.get("mission_state")),
-                         status=status)
+                         status=status, oauth=from_as)
     return MissionClientError(f"{what} answered HTTP {status}", status=status)
 
 

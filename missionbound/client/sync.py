@@ -2,9 +2,9 @@
 scripts and agents that do not run an event loop.
 
 Each :class:`MissionClient` runs its :class:`~missionbound.client.agent.AsyncMissionClient`
-on an event loop of its own in a background thread (an ``anyio`` blocking portal), so the
-two cannot disagree: the sync methods are the async ones, waited for. Close the client (or
-use ``with``) to stop that thread.
+on an event loop of its own in a background (daemon) thread, reached through an ``anyio``
+blocking portal, so the two cannot disagree: the sync methods are the async ones, waited
+for. Close the client (or use ``with``) to close its connections and stop that thread.
 
 ::
 
@@ -18,20 +18,48 @@ use ``with``) to stop that thread.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any, ParamSpec, TypeVar
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any, Final, ParamSpec, TypeVar
 
+import anyio
 import httpx
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+from anyio.from_thread import BlockingPortal
 from joserfc.jwk import Key
 
 from missionbound.client.agent import AsyncMission, AsyncMissionClient
+from missionbound.client.callback import wait_for_callback
 from missionbound.client.oauth import DEFAULT_REDIRECT_URI, PendingMission, TokenSet
 from missionbound.client.tools import AsyncLocalTools, AsyncMcpTools, PepCredentials, Permit
 
 P = ParamSpec("P")
 T = TypeVar("T")
+PORTAL_START_SECONDS: Final = 10.0
+
+
+class _EventLoopThread:
+    """An event loop of its own in a daemon thread, reached through an anyio blocking
+    portal. A daemon thread, unlike anyio's ``start_blocking_portal`` (whose worker the
+    interpreter joins at exit), so a script that never closes its client still exits."""
+
+    def __init__(self) -> None:
+        started: Future[BlockingPortal] = Future()
+        self._thread = threading.Thread(target=anyio.run, args=(self._serve, started),
+                                        name="missionbound-client", daemon=True)
+        self._thread.start()
+        self.portal = started.result(timeout=PORTAL_START_SECONDS)
+
+    @staticmethod
+    async def _serve(started: Future[BlockingPortal]) -> None:
+        async with BlockingPortal() as portal:
+            started.set_result(portal)
+            await portal.sleep_until_stopped()
+
+    def stop(self) -> None:
+        self.portal.call(self.portal.stop, True)  # cancel what still runs there
+        self._thread.join(PORTAL_START_SECONDS)
 
 
 class _OnPortal:
@@ -55,8 +83,9 @@ class MissionClient(_OnPortal):
         self.aio = AsyncMissionClient(issuer, client_id, client_secret=client_secret,
                                       client_key=client_key, redirect_uri=redirect_uri,
                                       dpop_key=dpop_key, timeout=timeout)
-        self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
-        super().__init__(self._portal_cm.__enter__())
+        self._loop = _EventLoopThread()
+        self._closed = False
+        super().__init__(self._loop.portal)
 
     def __enter__(self) -> MissionClient:
         return self
@@ -65,11 +94,14 @@ class MissionClient(_OnPortal):
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP client and stop the background event loop."""
+        """Close the HTTP client and stop the background event loop; again is a no-op."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._wait(self.aio.aclose)
         finally:
-            self._portal_cm.__exit__(None, None, None)
+            self._loop.stop()
 
     @property
     def issuer(self) -> str:
@@ -103,8 +135,11 @@ class MissionClient(_OnPortal):
     def wait_for_approval(self, pending: PendingMission, *, timeout: float = 300.0
                           ) -> Mission:
         """Listen on the redirect URI, then complete; see
-        :meth:`AsyncMissionClient.wait_for_approval`."""
-        return Mission(self, self._wait(self.aio.wait_for_approval, pending, timeout=timeout))
+        :meth:`AsyncMissionClient.wait_for_approval`. The listener runs in the calling
+        thread, so Ctrl-C stops the wait at once."""
+        callback_url = wait_for_callback(pending.redirect_uri, timeout=timeout,
+                                         state=pending.state)
+        return self.complete(pending, callback_url)
 
     def exchange(self, subject_token: str, *, resource: str | None = None,
                  scope: Sequence[str] | None = None) -> TokenSet:
@@ -193,6 +228,12 @@ class LocalTools(_OnPortal):
 
     def close(self) -> None:
         self.aio.close()
+
+    def __enter__(self) -> LocalTools:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class McpTools(_OnPortal):

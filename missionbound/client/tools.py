@@ -35,6 +35,7 @@ from missionbound.client.errors import (
     InvalidToolArguments,
     MissionClientError,
     PdpUnavailable,
+    PermitRefused,
     ToolNotGranted,
     error_for,
 )
@@ -44,6 +45,8 @@ from missionbound.enforce.local import (
     ExecutionSuppressed,
     LocalToolRunner,
     Outcome,
+    PermitRequired,
+    UnknownTool,
     jwt_permit_verifier,
 )
 from missionbound.enforce.mcp.definitions import definition_of
@@ -57,7 +60,11 @@ from missionbound.enforce.rs.pdp_client import (
 )
 from missionbound.mission.canonical import digest_json
 from missionbound.mission.errors import InvalidRequest
-from missionbound.protocol.access_tokens import AccessTokenRejected, verify_access_token
+from missionbound.protocol.access_tokens import (
+    WRONG_AUDIENCE,
+    AccessTokenRejected,
+    verify_access_token,
+)
 from missionbound.protocol.permits import PERMIT_CONSUMED
 from missionbound.protocol.tool_manifest import CapabilitySource
 
@@ -113,8 +120,11 @@ async def ask_for_permit(mission: AsyncMission, resource: str, action: str,
             verify_access_token, access_token, keys=keys, issuer=client.issuer,
             audience=resource))
     except AccessTokenRejected as exc:
-        raise ToolNotGranted(f"the Mission's token is not valid for {resource}: "
-                             f"{exc.description}", error=exc.reason) from None
+        if exc.reason == WRONG_AUDIENCE:  # the Mission grants nothing on that resource
+            raise ToolNotGranted(f"the Mission's token is not for {resource}",
+                                 error=exc.reason) from None
+        raise MissionClientError(f"the Mission's access token does not verify with the "
+                                 f"AS's keys: {exc.description}", error=exc.reason) from None
     parameters = copy.deepcopy(dict(arguments))
     try:
         digest = digest_json(parameters)
@@ -135,8 +145,10 @@ async def ask_for_permit(mission: AsyncMission, resource: str, action: str,
     if response.status_code >= 500:
         raise PdpUnavailable(f"the PDP answered HTTP {response.status_code}",
                              status=response.status_code)
-    answer = response.json() if response.headers.get("content-type", "").startswith(
-        "application/json") else None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
     if response.status_code != 200 or not isinstance(answer, dict) \
             or not isinstance(answer.get("decision"), bool):
         raise MissionClientError(f"the PDP refused the request (HTTP {response.status_code}): "
@@ -243,9 +255,22 @@ class AsyncLocalTools:
             raise error_for(f"the runner refused the permit for {name}: {refused}",
                             reason=refused.error,
                             evaluation_id=permit.evaluation_id if permit else None) from None
+        except PermitRequired as missing:
+            raise PermitRefused(str(missing), reason="permit_required") from None
+        except UnknownTool as unknown:
+            raise MissionClientError(str(unknown), error=UnknownTool.error) from None
+        except InvalidRequest as invalid:  # arguments that are not a JSON object
+            raise InvalidToolArguments(str(invalid), error=invalid.error) from None
 
     def close(self) -> None:
+        """Close the HTTP client that reports executions to the PDP."""
         self._pdp.close()
+
+    async def __aenter__(self) -> AsyncLocalTools:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class AsyncMcpTools:
@@ -293,23 +318,40 @@ class AsyncMcpTools:
 
 @asynccontextmanager
 async def open_mcp(mission: AsyncMission, url: str) -> AsyncIterator[AsyncMcpTools]:
-    """Open an MCP session with the gateway at ``url``. A gateway refusing the token before
-    any JSON-RPC (a revoked Mission: 401 ``invalid_token``) raises its typed error."""
+    """Open an MCP session with the gateway at ``url``. What ends the session reaches the
+    caller as one exception, never an ``ExceptionGroup`` of the mcp client's task groups:
+    an exception of the caller's own block as it was raised, a gateway refusing the token
+    before any JSON-RPC (a revoked Mission: 401 ``invalid_token``) as its typed error, a
+    gateway that cannot be reached or does not speak MCP there as
+    :class:`MissionClientError`."""
     auth = DPoPAuth(await mission.access_token(), mission.client.dpop_key)
+    raised: Exception | None = None  # by the caller's block, given back after the session
     try:
         async with mission_mcp_client(url, auth) as session:
-            yield AsyncMcpTools(mission, session, auth)
-    except httpx2.HTTPStatusError as exc:
-        raise _http_refusal(exc.response, url) from None
-    except BaseExceptionGroup as group:
-        # The mcp client's task groups wrap whatever ends the session, our own typed
-        # errors included: give the caller the one error that says what happened.
-        for leaf in _leaves(group):
-            if isinstance(leaf, MissionClientError):
-                raise leaf from None
-            if isinstance(leaf, httpx2.HTTPStatusError):
-                raise _http_refusal(leaf.response, url) from None
-        raise
+            try:
+                yield AsyncMcpTools(mission, session, auth)
+            except Exception as exc:  # cancellation and KeyboardInterrupt pass through
+                raised = exc
+    except Exception as exc:
+        raise _session_error(exc, url) from None
+    if raised is not None:
+        raise raised
+
+
+def _session_error(exc: Exception, url: str) -> BaseException:
+    """The one error that says why the session with the gateway at ``url`` ended."""
+    leaves = _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    for leaf in leaves:
+        if isinstance(leaf, MissionClientError):
+            return leaf
+        if isinstance(leaf, httpx2.HTTPStatusError):
+            return _http_refusal(leaf.response, url)
+        if isinstance(leaf, MCPError):
+            return _mcp_error(leaf, f"the MCP session at {url}")
+        if isinstance(leaf, httpx2.TransportError):
+            return MissionClientError(f"cannot reach the gateway at {url}: "
+                                      f"{type(leaf).__name__}")
+    return leaves[0] if len(leaves) == 1 else exc
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

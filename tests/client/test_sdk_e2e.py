@@ -9,12 +9,20 @@ by their typed errors and the facts they carry (reason, evaluation_id, mission_s
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from joserfc.jwk import ECKey
@@ -27,19 +35,22 @@ from missionbound.client import (
     ConstraintExceeded,
     Mission,
     MissionClient,
+    MissionClientError,
     MissionInactive,
     MissionRevoked,
     OAuthError,
+    PendingMission,
     PepCredentials,
     PermitRefused,
     ToolNotGranted,
 )
 from missionbound.client.oauth import TokenSet
 from missionbound.demo.approver import BrowserSession, approve
-from tests.e2e_support import ServerHandle, running_server
+from tests.e2e_support import ServerHandle, free_port, running_server
 from tests.issuer.test_client_authentication import REDIRECT_URI as KEY_REDIRECT
 from tests.issuer.test_client_authentication import tenant_file
 
+ROOT = Path(__file__).resolve().parents[2]
 PEP = PepCredentials("demo-rs", "demo-rs-secret")  # DEMO SECRET
 WIRE_UNDER_CAP = {"invoice_id": "inv-acme-1", "vendor": "acme", "amount": "120.00",
                   "currency": "USD"}
@@ -95,9 +106,12 @@ def test_intent_consent_tokens_refresh_and_narrowing(server: ServerHandle) -> No
         assert narrowed.claims["aud"] == f"{issuer}/demo/erp"
         assert [entry["actions"] for entry in narrowed.authorization_details] == [
             ["invoices.read"]]
+        # The narrowed token comes alone: a refresh token would reach the whole Mission.
+        assert narrowed.refresh_token is None
         # The Mission-wide token is kept, with the refresh token the narrowing rotated to.
-        assert mission.tokens.refresh_token == narrowed.refresh_token
+        assert mission.tokens.refresh_token not in (None, refreshed.refresh_token)
         assert f"{issuer}/demo/mcp" in mission.tokens.claims["aud"]
+        assert mission.refresh().access_token  # the grant is intact
 
         # A token about to expire is refreshed before use.
         stale = mission.tokens
@@ -141,6 +155,76 @@ def test_a_bad_intent_and_a_rejected_consent_raise_what_happened(
             callback = bob.reject(pending.consent_url)
         with pytest.raises(ConsentRejected):
             client.complete(pending, callback)
+        client.close()
+        client.close()  # closing twice is harmless
+
+    with MissionClient(server.base_url, "demo-agent", client_secret="wrong") as impostor:
+        with pytest.raises(OAuthError) as refused:
+            impostor.submit_intent(intent(server.base_url), login_hint="alice")
+        assert (refused.value.error, refused.value.status) == ("invalid_client", 401)
+
+
+def test_the_gateway_session_ends_with_one_exception_that_says_why(
+        server: ServerHandle) -> None:
+    """Never an ExceptionGroup from the mcp client's task groups."""
+    with agent(server.base_url) as client:
+        mission = approved(client)
+        with pytest.raises(KeyError, match="a bug of the caller's"), \
+                mission.mcp(f"{server.base_url}/demo/mcp") as tools:
+            tools.list_tools()
+            raise KeyError("a bug of the caller's")
+        with pytest.raises(MissionClientError, match="cannot reach the gateway"), \
+                mission.mcp(f"http://127.0.0.1:{free_port()}/mcp") as tools:
+            tools.list_tools()
+        with pytest.raises(MissionClientError) as not_mcp, \
+                mission.mcp(f"{server.base_url}/no-such-gateway") as tools:
+            tools.list_tools()
+        assert not isinstance(not_mcp.value, BaseExceptionGroup)
+
+
+def test_a_cancelled_or_interrupted_wait_for_approval_ends_at_once(
+        server: ServerHandle, tmp_path: Path) -> None:
+    """The wait is bounded by the caller, not by its timeout: a cancelled async wait frees
+    the port within a second or so, and Ctrl-C ends the example agent's wait."""
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+
+    async def cancelled() -> None:
+        async with AsyncMissionClient(server.base_url, "demo-agent",
+                                      client_secret="demo-agent-secret",
+                                      redirect_uri=redirect) as client:
+            pending = PendingMission(consent_url="", request_uri="", expires_in=60,
+                                     state="s", redirect_uri=redirect, code_verifier="v")
+            with anyio.move_on_after(0.5):
+                await client.wait_for_approval(pending, timeout=120)
+
+    started = time.monotonic()
+    anyio.run(cancelled)
+    with socket.socket() as again:  # the abandoned listener lets go of its port
+        for _ in range(50):
+            try:
+                again.bind(("127.0.0.1", int(redirect.split(":")[2].split("/")[0])))
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the cancelled listener still holds its port")
+    assert time.monotonic() - started < 60  # far from the 120 s timeout
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MISSIONBOUND_")}
+    agent_process = subprocess.Popen(
+        [sys.executable, "-u", "examples/agent.py", "--issuer", server.base_url],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert agent_process.stdout is not None
+        for line in agent_process.stdout:
+            if "/authorize?" in line:
+                break
+        agent_process.send_signal(signal.SIGINT)
+        assert agent_process.wait(30) != 0  # interrupted, within seconds, not 300
+    finally:
+        if agent_process.poll() is None:
+            agent_process.kill()
+            agent_process.wait(10)
 
 
 def test_the_agent_waits_for_the_browser_on_its_loopback_redirect(
@@ -290,6 +374,14 @@ def test_a_client_authenticating_with_its_key(tmp_path: Path) -> None:
         mission = client.complete(pending, callback)
         assert mission.tokens.claims["client_id"] == "key-agent"
         assert mission.refresh().refresh_token
+
+        # Concurrent requests share the client's nonces: none is refused use_dpop_nonce.
+        async def four_intents() -> list[PendingMission]:
+            intent_text = json.dumps({**erp_only, "resources": [f"{issuer}/demo/erp"]})
+            return list(await asyncio.gather(*(
+                client.aio.submit_intent(intent_text, login_hint="carol") for _ in range(4))))
+
+        assert len(client._wait(four_intents)) == 4
     with pytest.raises(ValueError, match="not both"):
         MissionClient("http://127.0.0.1:1", "x", client_secret="s", client_key=key)
 

@@ -4,8 +4,11 @@ authorization response is checked, the loopback listener."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -35,12 +38,14 @@ PENDING = PendingMission(consent_url=f"{ISSUER}/authorize", request_uri="urn:x",
     ({"reason": "permit_consumed"}, errors.PermitRefused),
     ({"reason": "pdp_unreachable"}, errors.PdpUnavailable),
     ({"error": "temporarily_unavailable"}, errors.PdpUnavailable),
-    ({"error": "access_denied", "status": 400}, errors.ConsentRejected),
     ({"reason": "stale_state"}, errors.ActionDenied),
-    ({"error": "invalid_request", "status": 400}, errors.OAuthError),
+    ({"error": "invalid_request", "status": 400, "oauth": True}, errors.OAuthError),
+    ({"error": "invalid_client", "status": 401, "oauth": True}, errors.OAuthError),
+    ({"error": "access_denied", "status": 403, "oauth": True}, errors.OAuthError),
+    ({"error": "temporarily_unavailable", "status": 503, "oauth": True}, errors.OAuthError),
     ({"error": "invalid_token", "status": 401}, errors.MissionClientError),
 ])
-def test_each_refusal_becomes_the_error_that_names_it(facts: dict[str, str],
+def test_each_refusal_becomes_the_error_that_names_it(facts: dict[str, Any],
                                                        kind: type[Exception]) -> None:
     raised = errors.error_for("refused", **facts)  # type: ignore[arg-type]
     assert type(raised) is kind
@@ -80,6 +85,10 @@ def test_the_authorization_response_must_answer_this_request_from_this_issuer() 
         read_callback(f"{REDIRECT}?error=access_denied&state=s-1&iss={ISSUER}", PENDING,
                       issuer=ISSUER)
     assert rejected.value.error == "access_denied"
+    with pytest.raises(errors.OAuthError) as other:  # not a rejection: a broken request
+        read_callback(f"{REDIRECT}?error=invalid_request&state=s-1&iss={ISSUER}", PENDING,
+                      issuer=ISSUER)
+    assert type(other.value) is errors.OAuthError
 
 
 def test_a_token_answer_without_a_token_is_an_error() -> None:
@@ -122,3 +131,34 @@ def test_the_listener_says_when_it_cannot_listen_or_nothing_comes() -> None:
         wait_for_callback(f"http://127.0.0.1:{free_port()}/callback", timeout=0.3)
     with pytest.raises(errors.MissionClientError, match="loopback"):
         wait_for_callback("https://agent.example/callback", timeout=1)
+
+
+def test_the_listener_waits_for_the_answer_to_its_own_request() -> None:
+    """Any web page can make the browser call the loopback port; only the answer carrying
+    this request's state ends the wait."""
+    port = free_port()
+    redirect = f"http://127.0.0.1:{port}/callback"
+    got: list[str] = []
+    listener = threading.Thread(target=lambda: got.append(
+        wait_for_callback(redirect, timeout=10, state="mine")))
+    listener.start()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            assert httpx.get(f"{redirect}?code=forged&state=other").status_code == 400
+            break
+        except httpx.ConnectError:
+            time.sleep(0.05)
+    assert httpx.get(f"{redirect}?code=forged").status_code == 400
+    assert httpx.get(f"{redirect}?code=c&state=mine").status_code == 200
+    listener.join(10)
+    assert got == [f"{redirect}?code=c&state=mine"]
+
+
+def test_a_script_that_never_closes_its_client_still_exits() -> None:
+    script = ("from missionbound.client import MissionClient\n"
+              "client = MissionClient('http://127.0.0.1:9', 'demo-agent')\n"
+              "print('done')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert (result.returncode, result.stdout) == (0, "done\n"), result.stderr
