@@ -119,7 +119,14 @@ class AsyncMissionClient:
             if response.status_code != 200:
                 raise MissionClientError(f"{url} answered HTTP {response.status_code}",
                                          status=response.status_code)
-            self._metadata = dict(response.json())
+            try:
+                metadata = response.json()
+            except ValueError:
+                metadata = None
+            if not isinstance(metadata, dict) or metadata.get("issuer") != self.issuer:
+                # RFC 8414 section 3.3: the document must name the issuer it was asked of.
+                raise MissionClientError(f"{url} is not this issuer's AS metadata")
+            self._metadata = metadata
         return self._metadata
 
     async def keys(self) -> JwksCache:
