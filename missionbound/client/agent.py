@@ -45,6 +45,7 @@ from missionbound.client.oauth import (
     PendingMission,
     TokenSet,
     consent_url,
+    json_or_none,
     pkce_pair,
     read_callback,
     refusal,
@@ -119,10 +120,7 @@ class AsyncMissionClient:
             if response.status_code != 200:
                 raise MissionClientError(f"{url} answered HTTP {response.status_code}",
                                          status=response.status_code)
-            try:
-                metadata = response.json()
-            except ValueError:
-                metadata = None
+            metadata = json_or_none(response)
             if not isinstance(metadata, dict) or metadata.get("issuer") != self.issuer:
                 # RFC 8414 section 3.3: the document must name the issuer it was asked of.
                 raise MissionClientError(f"{url} is not this issuer's AS metadata")
@@ -246,7 +244,7 @@ class AsyncMissionClient:
                 continue
             break
         if response.status_code in _REFUSALS:
-            raise refusal(response.status_code, _json_or_none(response),
+            raise refusal(response.status_code, json_or_none(response),
                           what=f"{method} {url}")
         return response
 
@@ -273,7 +271,7 @@ class AsyncMissionClient:
             except httpx.HTTPError as exc:
                 raise MissionClientError(f"{what}: cannot reach {url}: "
                                          f"{type(exc).__name__}") from exc
-            answer = _json_or_none(response)
+            answer = json_or_none(response)
             new_nonce = self._learn_nonce(url, response)
             if attempt == 0 and new_nonce not in (None, sent_nonce) \
                     and response.status_code == 400 and isinstance(answer, dict) \
@@ -405,11 +403,3 @@ class AsyncMission:
 
     def __repr__(self) -> str:
         return f"AsyncMission({self.mission_id!r}, expires_at={self.tokens.expires_at})"
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-

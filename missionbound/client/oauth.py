@@ -155,5 +155,13 @@ def refusal(status: int, body: Any, *, what: str, from_as: bool = False
     return MissionClientError(f"{what} answered HTTP {status}", status=status)
 
 
+def json_or_none(response: Any) -> Any:
+    """The JSON body of an ``httpx`` response, or None when it has none."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None

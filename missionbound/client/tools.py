@@ -40,7 +40,7 @@ from missionbound.client.errors import (
     error_for,
 )
 from missionbound.client.mcp_auth import DPoPAuth, mission_mcp_client
-from missionbound.client.oauth import refusal
+from missionbound.client.oauth import json_or_none, refusal
 from missionbound.enforce.local import (
     ExecutionSuppressed,
     LocalToolRunner,
@@ -145,10 +145,7 @@ async def ask_for_permit(mission: AsyncMission, resource: str, action: str,
     if response.status_code >= 500:
         raise PdpUnavailable(f"the PDP answered HTTP {response.status_code}",
                              status=response.status_code)
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
+    answer = json_or_none(response)
     if response.status_code != 200 or not isinstance(answer, dict) \
             or not isinstance(answer.get("decision"), bool):
         raise MissionClientError(f"the PDP refused the request (HTTP {response.status_code}): "
@@ -373,8 +370,5 @@ def _mcp_error(exc: MCPError, what: str) -> MissionClientError:
 
 
 def _http_refusal(response: httpx2.Response, url: str) -> MissionClientError:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    return refusal(response.status_code, body, what=f"the gateway at {url}")
+    return refusal(response.status_code, json_or_none(response),
+                   what=f"the gateway at {url}")

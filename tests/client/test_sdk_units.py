@@ -101,20 +101,27 @@ def test_a_token_answer_without_a_token_is_an_error() -> None:
     assert "a.e30.b" not in repr(tokens)  # tokens stay out of logs
 
 
-def test_the_listener_returns_the_callback_and_ignores_other_paths() -> None:
-    port = free_port()
-    redirect = f"http://127.0.0.1:{port}/callback"
+def listening(state: str | None = None) -> tuple[str, threading.Thread, list[str]]:
+    """A listener on a free loopback port, in a thread, once it answers: (its redirect URI,
+    the thread, what it returned)."""
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
     got: list[str] = []
     listener = threading.Thread(target=lambda: got.append(
-        wait_for_callback(redirect, timeout=10)))
+        wait_for_callback(redirect, timeout=10, state=state)))
     listener.start()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
-            assert httpx.get(f"http://127.0.0.1:{port}/favicon.ico").status_code == 404
-            break
+            httpx.get(redirect.replace("/callback", "/favicon.ico"))
+            return redirect, listener, got
         except httpx.ConnectError:
             time.sleep(0.05)
+    pytest.fail("the listener did not start")
+
+
+def test_the_listener_returns_the_callback_and_ignores_other_paths() -> None:
+    redirect, listener, got = listening()
+    assert httpx.get(redirect.replace("/callback", "/favicon.ico")).status_code == 404
     assert httpx.get(f"{redirect}?code=c&state=s").status_code == 200
     listener.join(10)
     assert got == [f"{redirect}?code=c&state=s"]
@@ -136,19 +143,8 @@ def test_the_listener_says_when_it_cannot_listen_or_nothing_comes() -> None:
 def test_the_listener_waits_for_the_answer_to_its_own_request() -> None:
     """Any web page can make the browser call the loopback port; only the answer carrying
     this request's state ends the wait."""
-    port = free_port()
-    redirect = f"http://127.0.0.1:{port}/callback"
-    got: list[str] = []
-    listener = threading.Thread(target=lambda: got.append(
-        wait_for_callback(redirect, timeout=10, state="mine")))
-    listener.start()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            assert httpx.get(f"{redirect}?code=forged&state=other").status_code == 400
-            break
-        except httpx.ConnectError:
-            time.sleep(0.05)
+    redirect, listener, got = listening(state="mine")
+    assert httpx.get(f"{redirect}?code=forged&state=other").status_code == 400
     assert httpx.get(f"{redirect}?code=forged").status_code == 400
     assert httpx.get(f"{redirect}?code=c&state=mine").status_code == 200
     listener.join(10)
