@@ -11,7 +11,8 @@ and the lifecycle table of concepts.md must be the state machine of
 
 The names are derived from the code, never listed here: the settings from the ``Settings``
 model and its pydantic-settings ``env_prefix``, the other variables from the CLI options'
-``envvar``, the metrics from the exposition the gateway's metrics actually render, the
+``envvar``, the metrics from the exposition the gateway's and the issuer's metrics actually
+render, the
 commands from the typer application. The last tests feed each check a page with known
 mistakes, so a check that stopped finding anything would fail.
 """
@@ -31,6 +32,7 @@ from missionbound import cli
 from missionbound.config import Settings
 from missionbound.enforce.mcp.metrics import GatewayMetrics
 from missionbound.mission.lifecycle import TRANSITIONS, Event
+from missionbound.web.metrics import IssuerMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -38,9 +40,12 @@ OPERATIONS = DOCS / "operations.md"
 CONCEPTS = DOCS / "concepts.md"
 PACKAGE = REPO / "missionbound"
 
-# The modules that render Prometheus text. A new exporter must be added here, and its
-# metrics to exported_metric_names(), so operations.md can be checked against it.
-METRICS_EXPORTERS = frozenset({PACKAGE / "enforce" / "mcp" / "metrics.py"})
+# The one module that writes Prometheus text, and the modules that export metrics through
+# it. A new exporter must be added here, and its metrics to exported_metric_names(), so
+# operations.md can be checked against it.
+EXPOSITION_WRITER = PACKAGE / "protocol" / "prometheus.py"
+METRICS_EXPORTERS = frozenset({PACKAGE / "enforce" / "mcp" / "metrics.py",
+                               PACKAGE / "web" / "metrics.py"})
 
 _FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _INLINE_CODE = re.compile(r"`([^`]+)`")
@@ -111,11 +116,13 @@ def known_environment_variables() -> frozenset[str]:
 def exported_metric_names() -> dict[str, frozenset[str]]:
     """Each metric family the code exports -> the series names a scraper sees (a histogram
     adds ``_bucket``, ``_sum`` and ``_count``), read from the ``# TYPE`` lines of the
-    exposition text itself after one recorded call."""
-    metrics = GatewayMetrics()
-    metrics.record("list_invoices", "permit", None, 0.002)
+    exposition texts themselves: the gateway's after one recorded call, the issuer's (every
+    family has its ``# TYPE`` line before anything is counted)."""
+    gateway = GatewayMetrics()
+    gateway.record("list_invoices", "permit", None, 0.002)
+    text = gateway.render() + IssuerMetrics().render()
     families: dict[str, frozenset[str]] = {}
-    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", metrics.render(), re.MULTILINE):
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
         suffixes = ("", "_bucket", "_sum", "_count") if kind == "histogram" else ("",)
         families[name] = frozenset(name + suffix for suffix in suffixes)
     return families
@@ -273,17 +280,22 @@ def test_every_environment_variable_in_operations_is_one_the_code_reads(operatio
 def test_every_metric_in_operations_is_exported_and_every_exported_one_is_listed(
         operations: str) -> None:
     exported = exported_metric_names()
-    assert exported, "the gateway's metrics render no # TYPE line"
+    assert exported, "the metrics render no # TYPE line"
     assert unknown_metric_names(operations, exported) == []
     assert sorted(name for name in exported if name not in operations) == []
 
 
 def test_the_metrics_checked_are_all_the_code_exports() -> None:
-    # A module that writes an exposition (or uses prometheus_client) and is not in
-    # METRICS_EXPORTERS would export metrics this test cannot see.
-    writers = {path for path in PACKAGE.rglob("*.py")
-               if re.search(r"# TYPE |prometheus_client", path.read_text(encoding="utf-8"))}
-    assert writers == METRICS_EXPORTERS
+    # A module that writes an exposition of its own (or uses prometheus_client), or exports
+    # metrics through protocol/prometheus.py, and is not in METRICS_EXPORTERS would export
+    # metrics this test cannot see.
+    sources = {path: path.read_text(encoding="utf-8") for path in PACKAGE.rglob("*.py")}
+    writers = {path for path, text in sources.items()
+               if re.search(r"# TYPE |prometheus_client", text)}
+    assert writers == {EXPOSITION_WRITER}
+    users = {path for path, text in sources.items()
+             if path != EXPOSITION_WRITER and "missionbound.protocol.prometheus" in text}
+    assert users == METRICS_EXPORTERS
 
 
 def test_every_command_in_operations_exists_with_its_options(operations: str) -> None:
@@ -324,7 +336,7 @@ def test_concepts_has_exactly_one_diagram_in_a_form_github_renders() -> None:
 MISTAKEN_PAGE = """
 Set `MISSIONBOUND_ISSUER` and `MISSIONBOUND_ISUER`; the gateway reads
 `MISSIONBOUND_PEP_CLIENT_SECRET`. Scrape `missionbound_mcp_tool_call_seconds_bucket` and
-`missionbound_http_requests_total`.
+`missionbound_http_requests_totals`.
 
 ```sh
 missionbound keys rotate --alg EdDSA
@@ -343,7 +355,7 @@ def test_the_checks_find_each_kind_of_mistake(tmp_path: Path) -> None:
     assert unknown_environment_variables(MISTAKEN_PAGE, known_environment_variables()) == [
         "MISSIONBOUND_ISUER"]
     assert unknown_metric_names(MISTAKEN_PAGE, exported_metric_names()) == [
-        "missionbound_http_requests_total"]
+        "missionbound_http_requests_totals"]
     assert command_problems(MISTAKEN_PAGE) == [
         "missionbound audit verify: no option --everything",
         "missionbound frobnicate: no command 'frobnicate'",

@@ -149,6 +149,7 @@ class MissionPDP:
         tenants: Mapping[str, ResourcePolicy],
         permit_lifetime_seconds: int = 60,
         policy_cache: PolicyCache | None = None,
+        on_decision: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if not 1 <= permit_lifetime_seconds <= 60:
             # PROFILE.md section 12: a permit lives at most 60 s.
@@ -161,6 +162,8 @@ class MissionPDP:
         self._tenants = tenants
         self._permit_lifetime = timedelta(seconds=permit_lifetime_seconds)
         self._policies = policy_cache or PolicyCache(max_entries=POLICY_CACHE_ENTRIES)
+        # Told of every decision once committed (web/metrics.py counts them).
+        self._on_decision = on_decision or _uncounted
 
     @property
     def issuer_url(self) -> str:
@@ -185,7 +188,9 @@ class MissionPDP:
         signer = self._issuer.signer()
         now = self._issuer.clock()
         with self._store.begin() as session:
-            return self._evaluate(session, request, signer, now)
+            answer = self._evaluate(session, request, signer, now)
+        self._on_decision(answer)
+        return answer
 
     def evaluate_batch(self, items: list[dict[str, Any]], caller: PepCaller,
                        semantic: str) -> list[dict[str, Any]]:
@@ -470,6 +475,10 @@ class MissionPDP:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _uncounted(_answer: dict[str, Any]) -> None:
+    """The default ``on_decision``: nobody counts."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,7 @@ from missionbound.web import (
     health,
     jwks,
     metadata,
+    metrics,
     oauth,
     resource_as,
     ssf,
@@ -171,6 +172,7 @@ def create_app(
 
     _install_middleware(app, settings)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(metadata.router)
     app.include_router(jwks.router)
     app.include_router(oauth.router)
@@ -197,7 +199,8 @@ def _build_mission_pdp(app: FastAPI, settings: Settings) -> tuple[MissionPDP, Ex
     ``app.state.mission_pdp = None``, answers 503 on those routes: web/authzen.py.)"""
     evidence = EvidenceLog(issuer_url=settings.issuer, signer=app.state.issuer.signer)
     pdp = MissionPDP(issuer=app.state.issuer, mission_cache=app.state.mission_cache,
-                     evidence=evidence, tenants=app.state.pdp_tenants)
+                     evidence=evidence, tenants=app.state.pdp_tenants,
+                     on_decision=app.state.metrics.count_pdp_decision)
     return pdp, ExecutionIntake(app.state.issuer.store, evidence)
 
 
@@ -300,6 +303,7 @@ def _resource_as_app(settings: Settings, tenant: Tenant, db: Engine, owns_engine
 
     _install_middleware(app, settings)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(metadata.router)
     app.include_router(jwks.router)
     app.include_router(resource_as.router)
@@ -308,7 +312,7 @@ def _resource_as_app(settings: Settings, tenant: Tenant, db: Engine, owns_engine
 
 
 def _new_app(lifespan: Any) -> FastAPI:
-    return FastAPI(
+    app = FastAPI(
         title="missionbound",
         summary="Mission-Bound OAuth: Authorization Server, PDP and enforcement points",
         version=version("missionbound"),
@@ -316,10 +320,12 @@ def _new_app(lifespan: Any) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
+    app.state.metrics = metrics.IssuerMetrics()  # this app's /metrics (web/metrics.py)
+    return app
 
 
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
     install_error_handlers(app)
     # add_middleware stacks outward: the request log wraps the body limit, so it sees 413s too.
     app.add_middleware(BodySizeLimitMiddleware, max_body_size=settings.max_request_body_size)
-    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(RequestLogMiddleware, metrics=app.state.metrics)

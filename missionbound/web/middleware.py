@@ -1,8 +1,9 @@
 """Pure ASGI middleware (not ``BaseHTTPMiddleware``, which adds a task per request that the
 issuance and PDP budgets cannot afford).
 
-* :class:`RequestLogMiddleware` (outermost): one log line per request, and a JSON 500 for any
-  exception nothing else handled - never a stack trace on the wire.
+* :class:`RequestLogMiddleware` (outermost): one log line per request, its count and duration
+  in the metrics (web/metrics.py), and a JSON 500 for any exception nothing else handled -
+  never a stack trace on the wire.
 * :class:`BodySizeLimitMiddleware`: refuses bodies over ``max_request_body_size`` with a JSON
   413. (FastAPI's own ``max_body_size`` answers in text/plain, which breaks the rule that
   every error is JSON.)
@@ -14,11 +15,14 @@ import json
 import re
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from missionbound.web.metrics import IssuerMetrics
 
 log = structlog.get_logger("missionbound.web")
 
@@ -39,14 +43,16 @@ def request_id_of(scope: Scope) -> str:
 
 
 class RequestLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: IssuerMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id = request_id_of(scope)
+        root_path = scope.get("root_path", "")  # a mount extends it: web/metrics.py
         started = time.perf_counter()
         response: dict[str, Any] = {"status": 500, "started": False}
 
@@ -73,13 +79,16 @@ class RequestLogMiddleware:
                 # If the response had started there is nothing left to say: the server
                 # closes the connection when the app returns without finishing it.
             finally:
+                seconds = time.perf_counter() - started
+                if self.metrics is not None:
+                    self.metrics.observe_request(scope, root_path, response["status"], seconds)
                 # The path only: query strings can carry codes and tokens.
                 log.info(
                     "request",
                     method=scope["method"],
                     path=scope["path"],
                     status=response["status"],
-                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                    duration_ms=round(seconds * 1000, 3),
                 )
 
 

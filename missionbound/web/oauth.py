@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from missionbound.issuer.par import push_authorization_request
 from missionbound.issuer.server import MissionIssuer, OAuthRequest, OAuthResponse
 from missionbound.mission.errors import InvalidRequest
+from missionbound.web.metrics import count_token_answer
 
 router = APIRouter(tags=["oauth"])
 
@@ -80,4 +81,5 @@ def par(request: Request, params: FormParams, issuer: Issuer) -> Response:
 def token(request: Request, params: FormParams, issuer: Issuer) -> Response:
     oauth = oauth_request(issuer, request, params, "/token")
     answer: Any = issuer.run(oauth, issuer.create_token_response)
+    count_token_answer(request, params, answer)
     return to_response(answer)

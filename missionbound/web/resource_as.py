@@ -22,6 +22,7 @@ from missionbound.issuer.revocation import MissionRevocationEndpoint
 from missionbound.issuer.server import MissionIssuer
 from missionbound.issuer.token_exchange import prepare_exchange
 from missionbound.web import token_management
+from missionbound.web.metrics import count_token_answer
 from missionbound.web.oauth import FormParams, Issuer, oauth_request, to_response
 
 router = APIRouter(tags=["oauth"])
@@ -55,4 +56,5 @@ def token(request: Request, params: FormParams, issuer: Issuer) -> Response:
     prepare_redemption(issuer, oauth)
     prepare_exchange(issuer, oauth)
     answer: Any = issuer.run(oauth, issuer.create_token_response)
+    count_token_answer(request, params, answer)
     return to_response(answer)
