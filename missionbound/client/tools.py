@@ -49,7 +49,7 @@ from missionbound.enforce.local import (
     UnknownTool,
     jwt_permit_verifier,
 )
-from missionbound.enforce.mcp.definitions import definition_of
+from missionbound.enforce.mcp.definitions import definition_of, list_all_tools
 from missionbound.enforce.mcp.errors import TOOL_REFUSED
 from missionbound.enforce.mcp.pep import MemoryPermitStore
 from missionbound.enforce.rs.pdp_client import (
@@ -66,7 +66,7 @@ from missionbound.protocol.access_tokens import (
     verify_access_token,
 )
 from missionbound.protocol.permits import PERMIT_CONSUMED
-from missionbound.protocol.tool_manifest import CapabilitySource
+from missionbound.protocol.tool_manifest import CapabilitySource, ToolDefinitionsUnavailable
 
 if TYPE_CHECKING:
     from missionbound.client.agent import AsyncMission
@@ -282,22 +282,20 @@ class AsyncMcpTools:
 
     async def list_tools(self) -> list[str]:
         """The names of the tools the gateway shows this Mission (its grants only)."""
-        self._auth.access_token = await self.mission.access_token()
-        try:
-            listed = await self._session.list_tools()
-        except MCPError as exc:
-            raise _mcp_error(exc, "tools/list") from None
-        return [tool.name for tool in listed.tools]
+        return list(await self.definitions())
 
     async def definitions(self) -> dict[str, dict[str, Any]]:
         """Tool name -> its definition object as the gateway lists it (name, description,
-        ``inputSchema``, ...): what the Mission's tool-manifest binding digests."""
+        ``inputSchema``, ...): what the Mission's tool-manifest binding digests. Every page
+        of ``tools/list``, fresh (the client's cache is not used)."""
         self._auth.access_token = await self.mission.access_token()
         try:
-            listed = await self._session.list_tools()
+            tools = await list_all_tools(self._session)
         except MCPError as exc:
             raise _mcp_error(exc, "tools/list") from None
-        return {tool.name: definition_of(tool) for tool in listed.tools}
+        except ToolDefinitionsUnavailable as exc:
+            raise MissionClientError(f"tools/list: {exc}") from None
+        return {tool.name: definition_of(tool) for tool in tools}
 
     async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
         self._auth.access_token = await self.mission.access_token()
