@@ -8,14 +8,26 @@ The server itself checks nobody: keep it where only the gateway can reach it. Ag
 the gateway, never to this server; the gateway shows each agent only the tools its Mission
 grants, asks the PDP about every call and forwards only what was permitted.
 
-The gateway's ``--resource`` is the URL agents call (their DPoP proofs are checked against
-it), and the AS's catalog must name it. So it cannot be the demo's
-``http://127.0.0.1:8000/demo/mcp``: that URL is ``serve``'s own gateway, bound to the demo
-payments server's tool definitions. Copy ``missionbound/demo/tenant.toml``, replace every
-``{issuer}/demo/mcp`` with ``http://127.0.0.1:8100/mcp`` and set your own passwords and
-secrets (a configured tenant refuses the demo's). ``--mcp-upstream`` lets the AS read this
-server's tools at each approval, so a tool changed afterwards is refused
-(``capability_drift``)::
+Try it with the demo tenant: put this server behind the demo gateway of ``serve`` (the
+server ``make run`` starts, with one flag more: stop ``make run`` first). ``--mcp-upstream``
+names the gateway's resource and this server's URL; the AS then reads this server's tools
+at each approval, so a tool changed afterwards is refused ``capability_drift``::
+
+    .venv/bin/python examples/mcp_server.py
+    .venv/bin/missionbound serve \\
+        --mcp-upstream http://127.0.0.1:8000/demo/mcp=http://127.0.0.1:8002/mcp
+
+An agent of the demo tenant (docs/agent-sdk.md) then reaches it at the gateway::
+
+    with mission.mcp("http://127.0.0.1:8000/demo/mcp") as tools:
+        tools.list_tools()                       # list_invoices, get_invoice
+        tools.call_tool("get_invoice", {"invoice_id": "inv-globex-1"})
+
+For real, the gateway is its own process whose ``--resource`` is the URL agents call (their
+DPoP proofs are checked against it), named in the AS's catalog: copy
+``missionbound/demo/tenant.toml``, replace every ``{issuer}/demo/mcp`` with
+``http://127.0.0.1:8100/mcp`` and set your own passwords and secrets (a configured tenant
+refuses the demo's)::
 
     MISSIONBOUND_TENANT_FILE=my-tenant.toml .venv/bin/missionbound serve \\
         --mcp-upstream http://127.0.0.1:8100/mcp=http://127.0.0.1:8002/mcp
@@ -25,9 +37,8 @@ server's tools at each approval, so a tool changed afterwards is refused
         --upstream http://127.0.0.1:8002/mcp --issuer http://127.0.0.1:8000 \\
         --pep-client-id demo-rs --port 8100     # --pdp defaults to the issuer
 
-An agent then gets a Mission for ``http://127.0.0.1:8100/mcp`` and calls it with
-``missionbound.client.mcp_auth.DPoPAuth`` (docs/mcp.md "What an agent sees"): a tool its
-Mission does not grant is hidden from ``tools/list`` and refused with JSON-RPC ``-32001``.
+Either way a tool the Mission does not grant is hidden from ``tools/list`` and refused with
+JSON-RPC ``-32001``.
 """
 
 import argparse

@@ -5,9 +5,10 @@ through the forms, DPoP-bound tokens.
 - ``examples/fastapi_api.py`` (the RS kit, FastAPI) at each tier, against the demo tenant:
   its resource identifier (``<issuer>/demo/erp``) is not the URL it answers at, so every
   permitted call also proves the kit checks DPoP ``htu`` against the URL the agent called.
-- ``examples/mcp_server.py`` behind a ``missionbound gateway`` process, with a tenant whose
-  catalog names the gateway (the way its docstring tells), through the official ``mcp``
-  client.
+- ``examples/mcp_server.py`` behind the demo gateway of ``serve`` (``--mcp-upstream
+  <issuer>/demo/mcp=URL``, the quick way, with the agent SDK), and behind a ``missionbound
+  gateway`` process with a tenant whose catalog names the gateway (the way for production),
+  through the official ``mcp`` client.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import httpx
 import httpx2
 import pytest
 
+from missionbound.client import MissionClient, ToolNotGranted
+from missionbound.demo.approver import approve
+from missionbound.demo.scenario import mission_intent
 from tests.e2e.test_issuance_e2e import CLIENT
 from tests.e2e.test_mcp_gateway_e2e import (
     DENIED,
@@ -180,3 +184,39 @@ def check_mcp_example(serve: ServerHandle, resource: str, own: dict[str, str]) -
     error = refused(resource, auth, "list_invoices", {})
     assert error.code == DENIED, error
     assert error.data["reason"] == "out_of_authority", error.data
+
+
+def test_the_mcp_example_behind_the_demo_gateway_of_serve(tmp_path: Path) -> None:
+    """The quick way: ``serve --mcp-upstream <issuer>/demo/mcp=<the example>``; an agent of
+    the demo tenant calls ``/demo/mcp`` and reaches the example server, and the Mission's
+    tools are bound to the example's definitions at approval."""
+    folder = Path(tempfile.mkdtemp(prefix="mcp-demo-gateway-", dir=tmp_path))
+    serve_port, upstream_port = free_port(), free_port()
+    issuer = f"http://127.0.0.1:{serve_port}"  # the flag names the issuer's own resource
+    server = start_example("mcp_server.py", folder, upstream_port)
+    try:
+        serve = spawn([sys.executable, "-m", "missionbound", "serve", "--host", "127.0.0.1",
+                       "--port", str(serve_port), "--issuer", issuer, "--mcp-upstream",
+                       f"{issuer}/demo/mcp=http://127.0.0.1:{upstream_port}/mcp"],
+                      folder, "serve", server_environment(folder / "data"))
+        try:
+            wait_until_listening(serve, f"{issuer}/healthz")
+            check_behind_the_demo_gateway(issuer)
+        finally:
+            stop(serve)
+    finally:
+        stop(server)
+
+
+def check_behind_the_demo_gateway(issuer: str) -> None:
+    with MissionClient(issuer, "demo-agent", client_secret="demo-agent-secret") as client:
+        pending = client.submit_intent(mission_intent(issuer), login_hint="alice")
+        mission = client.complete(pending, approve(pending.consent_url, "bob"))
+        with mission.mcp(f"{issuer}/demo/mcp") as tools:
+            # The Mission grants four tools; the example server has two of them.
+            assert set(tools.list_tools()) == {"list_invoices", "get_invoice"}
+            assert tools.call_tool("get_invoice", {"invoice_id": "inv-globex-1"})[
+                "vendor"] == "globex"
+            with pytest.raises(ToolNotGranted):
+                tools.call_tool("send_remittance_email",
+                                {"invoice_id": "inv-acme-1", "to": "ap@acme.example"})

@@ -173,16 +173,32 @@ def test_a_configured_tenant_reads_the_upstreams(tmp_path: Path) -> None:
 def test_the_demo_tenant_combines_its_in_process_server_with_the_upstreams(
         tmp_path: Path) -> None:
     demo_mcp = ISSUER + DEMO_MCP_PATH
-    # The demo gateway's own resource named too: the in-process server it calls answers.
-    settings = load_settings(issuer=ISSUER, data_dir=tmp_path, mcp_upstreams={
-        RESOURCE: DEAD_UPSTREAM, demo_mcp: DEAD_UPSTREAM})
-    source = create_app(settings).state.issuer.tool_definitions
+    settings = load_settings(issuer=ISSUER, data_dir=tmp_path,
+                             mcp_upstreams={RESOURCE: DEAD_UPSTREAM})
+    app = create_app(settings)
+    source = app.state.issuer.tool_definitions
     assert isinstance(source, CombinedToolDefinitions)
-    demo_tools = source.definitions(demo_mcp)
+    demo_tools = source.definitions(demo_mcp)  # the in-process server the gateway calls
     assert demo_tools is not None and set(demo_tools) == PAYMENTS_TOOLS
+    assert app.state.demo_payments_server is not None
     with pytest.raises(ToolDefinitionsUnavailable, match=r"127\.0\.0\.1:1/"):
         source.definitions(RESOURCE)
     assert source.definitions("https://other.example/mcp") is None
+
+
+def test_naming_the_demo_gateways_resource_puts_that_server_behind_it(tmp_path: Path) -> None:
+    """``--mcp-upstream <issuer>/demo/mcp=URL``: the demo gateway fronts that MCP server
+    (your own, examples/mcp_server.py), and the binding at approval reads that same server;
+    the demo payments server is not built."""
+    demo_mcp = ISSUER + DEMO_MCP_PATH
+    settings = load_settings(issuer=ISSUER, data_dir=tmp_path,
+                             mcp_upstreams={demo_mcp: DEAD_UPSTREAM})
+    app = create_app(settings)
+    assert app.state.demo_payments_server is None
+    assert app.state.demo_payments_ledger is None
+    assert isinstance(app.state.issuer.tool_definitions, McpToolDefinitions)
+    with pytest.raises(ToolDefinitionsUnavailable, match=r"127\.0\.0\.1:1/"):
+        app.state.issuer.tool_definitions.definitions(demo_mcp)
 
 
 def test_a_source_that_knows_a_resource_but_fails_is_not_passed_over(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from mcp.server.mcpserver import MCPServer
 from sqlalchemy import Engine
 
 from missionbound.config import Settings
@@ -228,22 +229,35 @@ def _mount_demo_erp(app: FastAPI, settings: Settings, tenant: Tenant,
     app.state.demo_erp = erp
 
 
+def _demo_upstream(settings: Settings, resource: str
+                   ) -> tuple[Upstream, MCPServer | None, Ledger | None]:
+    """The MCP server the demo gateway fronts: the one ``mcp_upstreams`` names for its
+    resource, else the demo payments server in process (and its ledger)."""
+    elsewhere = settings.mcp_upstreams.get(resource)
+    if elsewhere is not None:
+        return Upstream(elsewhere), None, None
+    ledger = Ledger(settings.data_dir / DEMO_PAYMENTS_LEDGER)
+    server = build_payments_server(ledger)
+    return Upstream(server), server, ledger
+
+
 def _mount_demo_mcp(app: FastAPI, settings: Settings, tenant: Tenant,
                     http_client: httpx.Client) -> None:
     """The Mission-aware MCP gateway at ``/demo/mcp`` (PROFILE.md section 13, docs/mcp.md)
     in front of the demo payments MCP server, in process (no network hop, no port), whose
     ledger is ``<data_dir>/demo-payments-ledger.jsonl`` (``app.state.demo_payments_ledger``).
+    When ``mcp_upstreams`` names ``<issuer>/demo/mcp``, the gateway fronts that MCP server
+    instead (your own, examples/mcp_server.py), and the demo payments server is not built.
     Like the demo ERP it reaches this AS's JWKS (tokens and permits) and Mission Status over
     ``http_client``; the Mission PDP and execution intake it asks in process, as ``demo-rs``
-    (web/colocated_pdp.py). The issuer reads the same
-    server's tool definitions at approval (tool-manifest binding), so a definition changed
-    since is ``capability_drift`` at the gateway."""
+    (web/colocated_pdp.py). The issuer reads the tool definitions of the server the gateway
+    calls at approval (tool-manifest binding), so a definition changed since is
+    ``capability_drift`` at the gateway."""
     resource = settings.issuer + DEMO_MCP_PATH
     secret = next(credential.secret for credential in demo_credentials()
                   if credential.kind == "client" and credential.name == DEMO_RS_CLIENT_ID)
     catalog_entry = tenant.catalog.resources.get(resource)
-    ledger = Ledger(settings.data_dir / DEMO_PAYMENTS_LEDGER)
-    server = build_payments_server(ledger)
+    upstream, server, ledger = _demo_upstream(settings, resource)
     as_keys = JwksCache(f"{settings.issuer}/jwks", client=http_client)
     # RS-C before the PDP: a Mission the AS says is no longer active is refused for every
     # request, tools/list included (runtime-digest 8.5 step 2), as the demo ERP does.
@@ -264,12 +278,16 @@ def _mount_demo_mcp(app: FastAPI, settings: Settings, tenant: Tenant,
     caller = PepCaller(DEMO_RS_CLIENT_ID, tenant.clients[DEMO_RS_CLIENT_ID].audiences)
     pdp = CoLocatedPdp(app.state.mission_pdp, app.state.execution_intake, caller,
                        clock=app.state.issuer.clock)
-    gateway = build_gateway_app(resource=resource, upstream=Upstream(server), guard=guard,
-                                pdp=pdp, permit_keys=as_keys, permit_issuer=settings.issuer)
+    gateway = build_gateway_app(resource=resource,
+                                upstream=upstream,
+                                guard=guard, pdp=pdp, permit_keys=as_keys,
+                                permit_issuer=settings.issuer)
     mount_gateway(app, DEMO_MCP_PATH, gateway)
     app.state.demo_mcp = gateway
     app.state.demo_payments_server = server
     app.state.demo_payments_ledger = ledger
+    if server is None:
+        return  # mcp_upstreams names this resource: its definitions are read from there
     in_process = InProcessToolDefinitions({resource: server})
     configured = app.state.issuer.tool_definitions
     # The in-process server answers first for its resource: it is what this gateway calls.
