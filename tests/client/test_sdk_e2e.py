@@ -143,6 +143,28 @@ def test_an_authorization_details_proposal_is_what_gets_granted(server: ServerHa
             mission.request("POST", f"{erp}/journal-entries", json=ENTRY)
 
 
+@pytest.mark.parametrize(("narrowing", "granted"), [
+    ({"resources": ["/demo/erp"]}, {"/demo/erp": ["invoices.read", "journal-entries.write"]}),
+    ({"scope": "invoices.read"}, {"/demo/erp": ["invoices.read"]}),
+])
+def test_the_first_token_can_ask_for_less_at_par(server: ServerHandle,
+                                                 narrowing: dict[str, Any],
+                                                 granted: dict[str, list[str]]) -> None:
+    """``resources`` (RFC 8707) and ``scope`` pushed with the intent narrow the token the
+    code gives, as at refresh."""
+    issuer = server.base_url
+    if "resources" in narrowing:
+        narrowing = {"resources": [issuer + path for path in narrowing["resources"]]}
+    with agent(issuer) as client:
+        pending = client.submit_intent(intent(issuer), login_hint="alice", **narrowing)
+        mission = client.complete(pending, approve(pending.consent_url, "bob"))
+    actions: dict[str, list[str]] = {}
+    for entry in mission.tokens.authorization_details:
+        actions.setdefault(entry["resource"].removeprefix(issuer), []).extend(entry["actions"])
+    assert actions == granted
+    assert mission.tokens.claims["aud"] == f"{issuer}/demo/erp"
+
+
 def test_a_bad_intent_and_a_rejected_consent_raise_what_happened(
         server: ServerHandle) -> None:
     with agent(server.base_url) as client:
@@ -343,16 +365,16 @@ def test_a_local_tool_bound_to_its_definition_at_approval(server: ServerHandle) 
             unbound.run("schedule_payment", arguments)
         assert drift.value.evaluation_id.startswith("dec_")
 
-        bound = mission.local_tools(mcp, pep=PEP)
-        bound.register("schedule_payment", lambda **_: "scheduled",
-                       definition=definitions["schedule_payment"])
-        assert bound.run("schedule_payment", arguments) == "scheduled"
+        with mission.local_tools(mcp, pep=PEP) as bound:  # closed with the block
+            bound.register("schedule_payment", lambda **_: "scheduled",
+                           definition=definitions["schedule_payment"])
+            assert bound.run("schedule_payment", arguments) == "scheduled"
         changed = {**definitions["schedule_payment"], "description": "something else"}
         other = mission.local_tools(mcp, pep=PEP)
         other.register("schedule_payment", lambda **_: "scheduled", definition=changed)
         with pytest.raises(CapabilityDrift):
             other.run("schedule_payment", arguments)
-        for tools in (unbound, bound, other):
+        for tools in (unbound, other):
             tools.close()
 
 
